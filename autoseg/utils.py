@@ -1,0 +1,79 @@
+"""Small shared helpers: atomic writes, JSON, seeding.
+
+Every file a stage produces goes through these writers so that an interrupted run never leaves a
+file that a rerun would mistake for a complete one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    with atomic_path(path, ".json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, default=_json_default) + "\n", encoding="utf-8")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Read JSON, turning a syntax error into a one-line message naming the file."""
+    from autoseg import AutosegError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AutosegError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise AutosegError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def save_npz(path: str | os.PathLike, compress: bool = False, **arrays: np.ndarray) -> None:
+    """Write an .npz atomically; a reader never sees a half-written archive under the final name."""
+    with atomic_path(path, ".npz") as tmp:
+        with open(tmp, "wb") as f:
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

@@ -1,0 +1,30 @@
+"""autoseg: a self-configuring ROI -> organ -> tumour cascade for abdominal CT."""
+from setuptools import find_packages, setup
+
+setup(
+    name="autoseg",
+    version="0.1.0",
+    description="Self-configuring, fused-cascade segmentation of abdominal organs and tumours in CT",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["autoseg", "autoseg.*", "planners", "planners.*", "trainers",
+                                    "trainers.*", "inference", "inference.*", "evaluation",
+                                    "evaluation.*", "benchmarks", "benchmarks.*"]),
+    install_requires=[
+        # torch is deliberately unpinned here: install torch==2.13.0 first (see README / Makefile)
+        # so pip does not pull a multi-GB CUDA build on CPU machines.
+        "torch>=2.1",
+        "numpy>=1.24",
+        "SimpleITK>=2.2",
+        "batchgenerators>=0.25",
+        "scikit-image>=0.21",
+        "scipy>=1.10",
+        "nibabel>=5.0",
+        "acvl-utils>=0.2",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
+)
