@@ -104,23 +104,31 @@ class AnisotropicBlock(nn.Module):
     The stride is split the same way: (1,sy,sx) in-plane, (sz,1,1) through-plane.
     """
 
-    def __init__(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1)):
+    def __init__(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int] = (1, 1, 1),
+                 residual: bool = True):
         super().__init__()
         kz, ky, kx = triple(kernel)
         sz, sy, sx = triple(stride)
         self.inplane = ConvNormAct(cin, cout, (1, ky, kx), (1, sy, sx))
         self.through = conv3d(cout, cout, (through_plane_kernel(kz, sz), 1, 1), (sz, 1, 1))
         self.norm = norm(cout)
-        self.skip = shortcut(cin, cout, (sz, sy, sx))
+        self.skip = shortcut(cin, cout, (sz, sy, sx)) if residual else None
         self.act = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.through(self.inplane(x))) + self.skip(x))
+        y = self.norm(self.through(self.inplane(x)))
+        if self.skip is not None:
+            y = y + self.skip(x)
+        return self.act(y)
 
 
 class AnisotropicStage(nn.Sequential):
-    def __init__(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], n_blocks: int):
-        blocks = [AnisotropicBlock(cin, cout, kernel, stride)]
+    """n anisotropic blocks; ``stem`` makes the first one plain (a shortcut from the raw 1-channel
+    image is a wasted full-resolution conv + norm)."""
+
+    def __init__(self, cin: int, cout: int, kernel: Sequence[int], stride: Sequence[int], n_blocks: int,
+                 stem: bool = False):
+        blocks = [AnisotropicBlock(cin, cout, kernel, stride, residual=not stem)]
         blocks += [AnisotropicBlock(cout, cout, kernel) for _ in range(n_blocks - 1)]
         super().__init__(*blocks)
 

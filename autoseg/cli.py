@@ -1,0 +1,63 @@
+"""The `autoseg` command line. Each subcommand's flags are defined by the module that owns the work;
+this file only routes, so `autoseg --help` stays fast (nothing heavy is imported until needed)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Callable
+
+from autoseg import AutosegError, __version__
+
+# name -> (module defining add_cli_arguments/run_from_args, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plan_and_preprocess": ("planners.cli", "fingerprint a raw dataset, write plans.json, build the .npz caches"),
+    "run_training": ("trainers.cli", "train one stage (roi|organ|tumour) with a Trainer class found by name"),
+    "run_inference": ("inference.cli", "segment CT images with the fused ROI -> organ -> tumour cascade"),
+    "evaluate": ("evaluation.cli", "DSC / NSD / HD95 of a prediction folder against ground truth"),
+    "make_phantoms": ("autoseg.synthetic", "write a seeded abdominal CT phantom dataset (nnU-Net v2 raw format)"),
+    "demo": ("autoseg.demo", "the whole pipeline on CT phantoms, on this machine, in minutes"),
+}
+
+
+def build_parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoseg", description="Self-configuring ROI -> organ -> tumour cascade for abdominal CT.",
+        epilog="Run 'autoseg COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"autoseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            importlib.import_module(module).add_cli_arguments(p)
+    return parser
+
+
+def _runner(command: str) -> Callable[[argparse.Namespace], int | None]:
+    return importlib.import_module(COMMANDS[command][0]).run_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(selected if selected in COMMANDS else None).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not args.command:
+        build_parser(None).print_help()
+        return 2
+    try:
+        rc = _runner(args.command)(args)
+    except AutosegError as e:
+        print(f"autoseg {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"autoseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

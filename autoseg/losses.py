@@ -1,0 +1,162 @@
+"""Segmentation losses: soft Dice + cross-entropy with an ignore label, and deep supervision.
+
+Partially labelled data marks voxels that nobody annotated with -1; those voxels must not count as
+background, so both terms exclude them (not just cross-entropy, as ``ignore_index`` alone would do).
+Deep-supervision targets are downsampled here, on the loss's device, so data-loading workers never
+have to build one label map per output resolution.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_LABEL = -1
+
+
+def deep_supervision_weights(num_outputs: int) -> list[float]:
+    """Weights halving per level, the lowest resolution left out (too coarse to help), summing to 1."""
+    if num_outputs <= 1:
+        return [1.0]
+    w = [0.5 ** i for i in range(num_outputs)]
+    w[-1] = 0.0
+    total = sum(w)
+    return [x / total for x in w]
+
+
+def downsample_target(target: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Nearest-neighbour label map (N, 1, *shape); exact strided picking keeps labels (and -1) intact."""
+    if tuple(target.shape[2:]) == tuple(shape):
+        return target
+    return F.interpolate(target.float(), size=tuple(shape), mode="nearest").to(target.dtype)
+
+
+def _as_index_target(target: torch.Tensor) -> torch.Tensor:
+    if target.ndim >= 2 and target.shape[1] == 1:
+        target = target[:, 0]
+    return target.long()
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, batch_dice: bool = False,
+                   smooth: float = 1e-5, include_background: bool = False,
+                   class_weights: torch.Tensor | None = None, ignore_label: int = IGNORE_LABEL) -> torch.Tensor:
+    """Negative mean soft Dice of softmax(logits) against integer ``target`` (N, [1,] *spatial)."""
+    target = _as_index_target(target)
+    probs = torch.softmax(logits.float(), 1)
+    valid = target != ignore_label
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    onehot = F.one_hot(safe, probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+    mask = valid.unsqueeze(1).to(probs.dtype)
+    probs = probs * mask
+    onehot = onehot * mask
+    if not include_background:
+        probs, onehot = probs[:, 1:], onehot[:, 1:]
+        if class_weights is not None:
+            class_weights = class_weights[1:]
+    axes = tuple(range(2, probs.ndim))
+    if batch_dice:
+        axes = (0,) + axes
+    inter = (probs * onehot).sum(axes)
+    denom = probs.sum(axes) + onehot.sum(axes)
+    dice = (2 * inter + smooth) / (denom + smooth).clamp_min(1e-8)
+    if class_weights is not None:
+        w = class_weights.to(dice.device, dice.dtype)
+        dice = (dice * w).sum(-1) / w.sum().clamp_min(1e-8)
+    return -dice.mean()
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor | None = None,
+                         ignore_label: int = IGNORE_LABEL) -> torch.Tensor:
+    """Cross-entropy averaged over annotated voxels (weighted mean when ``class_weights`` is given).
+
+    A batch with no annotated voxel gives 0 with a gradient, never NaN.
+    """
+    target = _as_index_target(target)
+    w = class_weights.to(logits.device, torch.float32) if class_weights is not None else None
+    ce = F.cross_entropy(logits.float(), target, weight=w, ignore_index=ignore_label, reduction="none")
+    valid = target != ignore_label
+    if w is None:
+        norm = valid.sum()
+    else:
+        norm = w[torch.where(valid, target, torch.zeros_like(target))][valid].sum()
+    return ce.sum() / norm.clamp_min(1e-8)
+
+
+class DiceCELoss(nn.Module):
+    """``weight_ce * CE + weight_dice * (soft Dice loss)``, both blind to ``ignore_label`` voxels.
+
+    ``class_weights`` (one per output channel, background included) may be replaced between steps;
+    the dynamic-weight tumour trainer does exactly that.
+    """
+
+    def __init__(self, batch_dice: bool = False, weight_ce: float = 1.0, weight_dice: float = 1.0,
+                 smooth: float = 1e-5, ignore_label: int = IGNORE_LABEL,
+                 class_weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.batch_dice = batch_dice
+        self.weight_ce = weight_ce
+        self.weight_dice = weight_dice
+        self.smooth = smooth
+        self.ignore_label = ignore_label
+        self.class_weights = class_weights
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = logits.new_zeros((), dtype=torch.float32)
+        if self.weight_ce:
+            loss = loss + self.weight_ce * masked_cross_entropy(logits, target, self.class_weights,
+                                                                self.ignore_label)
+        if self.weight_dice:
+            loss = loss + self.weight_dice * soft_dice_loss(logits, target, self.batch_dice, self.smooth,
+                                                            class_weights=self.class_weights,
+                                                            ignore_label=self.ignore_label)
+        return loss
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of ``loss`` over the network's outputs, each against a target downsampled to it.
+
+    Outputs with weight 0 cost no loss computation; they enter as ``0 * sum`` only so that every
+    parameter takes part in the graph (DistributedDataParallel requires it).
+    """
+
+    def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.loss = loss
+        self.weights = list(weights) if weights is not None else None
+
+    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, target)
+        weights = self.weights or deep_supervision_weights(len(outputs))
+        if len(weights) < len(outputs):
+            raise ValueError(f"{len(outputs)} deep-supervision outputs but only {len(weights)} weights")
+        total = None
+        for out, w in zip(outputs, weights):
+            if w == 0:
+                term = out.sum() * 0.0
+            else:
+                term = w * self.loss(out, downsample_target(target, out.shape[2:]))
+            total = term if total is None else total + term
+        return total
+
+
+def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor,
+                       ignore_label: int = IGNORE_LABEL) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per foreground class (tp, fp, fn) voxel counts of argmax(logits), summed over the batch.
+
+    Summed over an epoch's validation batches they give the cheap "pseudo DSC" logged each epoch.
+    """
+    target = _as_index_target(target)
+    pred = logits.argmax(1)
+    valid = target != ignore_label
+    k = logits.shape[1]
+    tp, fp, fn = [], [], []
+    for c in range(1, k):
+        p = (pred == c) & valid
+        g = target == c
+        tp.append((p & g).sum())
+        fp.append((p & ~g).sum())
+        fn.append((~p & g & valid).sum())
+    return torch.stack(tp).cpu(), torch.stack(fp).cpu(), torch.stack(fn).cpu()

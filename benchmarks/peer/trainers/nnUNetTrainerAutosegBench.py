@@ -1,0 +1,46 @@
+"""A short nnU-Net v2 trainer for autoseg's side-by-side benchmark (found through ``nnUNet_extTrainer``).
+
+nnU-Net's shipped trainers run 250 iterations per epoch and, after training, predict every validation
+case with test-time augmentation; on a CPU that is hours. This subclass keeps nnU-Net's training step,
+network, loss, data pipeline and checkpoint format untouched and changes only how much work is done:
+``AUTOSEG_BENCH_EPOCHS`` epochs (default 1) of ``AUTOSEG_BENCH_ITERS`` iterations (default 4) with
+``AUTOSEG_BENCH_VAL_ITERS`` validation iterations (default 1), and no final validation pass.
+
+Each training iteration's wall time is printed as ``AUTOSEG_BENCH iteration_s=<seconds>``: the time
+from the start of one ``train_step`` to the start of the next in the same epoch, so it includes
+waiting for the next batch from the augmentation workers (an epoch of N iterations prints N-1
+intervals). autoseg's bench trainer prints the same marker, measured the same way.
+"""
+import os
+import time
+
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+
+class nnUNetTrainerAutosegBench(nnUNetTrainer):
+    # nnU-Net records its constructor arguments by inspecting this exact signature: keep it explicit.
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("AUTOSEG_BENCH_EPOCHS", "1"))
+        self.num_iterations_per_epoch = int(os.environ.get("AUTOSEG_BENCH_ITERS", "4"))
+        self.num_val_iterations_per_epoch = int(os.environ.get("AUTOSEG_BENCH_VAL_ITERS", "1"))
+        self._bench_last_start = None
+
+    def train_step(self, batch):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        if self._bench_last_start is not None:
+            print(f"AUTOSEG_BENCH iteration_s={now - self._bench_last_start:.6f}", flush=True)
+        self._bench_last_start = now
+        return super().train_step(batch)
+
+    def on_train_epoch_end(self, train_outputs):
+        self._bench_last_start = None  # an interval across validation and checkpointing is no iteration
+        return super().on_train_epoch_end(train_outputs)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("autoseg bench: final validation skipped (timing run)")

@@ -1,0 +1,123 @@
+"""Side-by-side benchmark of autoseg ("ours") against nnU-Net v2.8.1 ("theirs"); writes RESULTS.md.
+
+    python -m benchmarks.run [--quick] [--stages preprocess,train,infer] [--work DIR] [--device cpu|cuda]
+
+One seeded phantom dataset in nnU-Net v2 raw format is given to both tools. Each stage runs the two
+tools alternately (ours, theirs, ours, theirs ...) so that slow drifts of a shared machine hit both;
+every run is a separate process tree whose wall time and peak memory are sampled (benchmarks.measure).
+Both tools get nnU-Net's 3d_fullres choices (spacing, patch, batch, U-Net topology), translated into an
+autoseg plans file, so the work is equal. ``--quick`` (< 15 min on 2 quiet cores) uses few small cases,
+a capped patch and one cropped inference case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import harness, peer_env
+from benchmarks.report import render
+from benchmarks.stages import STAGES, Bench
+
+log = logging.getLogger("benchmarks")
+DEFAULT_RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+@dataclass
+class Settings:
+    quick: bool = False
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    work: Path = harness.REPO / "bench_work" / "side_by_side"
+    device: str = "cpu"
+    venv: Path = field(default_factory=peer_env.default_venv)
+    output: Path = DEFAULT_RESULTS
+    task: int = 501
+    seed: int = 2024
+    size: str = "medium"
+    n_train: int = 8
+    n_test: int = 2
+    num_workers: int = 2
+    repeats_preprocess: int = 2
+    repeats_train: int = 2
+    repeats_infer: int = 2
+    warmup_iters: int = 1
+    measured_iters: int = 5
+    patch_cap: list[int] | None = None
+    infer_cases: int = 2
+    infer_max_shape: list[int] | None = None
+    their_default_tta: bool = True
+    timeout_s: float | None = None
+
+    @classmethod
+    def quick_preset(cls) -> "Settings":
+        return cls(quick=True, size="small", n_train=4, n_test=1, repeats_preprocess=2, repeats_train=2,
+                   repeats_infer=2, warmup_iters=1, measured_iters=4, patch_cap=[32, 96, 96], infer_cases=1,
+                   infer_max_shape=[48, 128, 128], their_default_tta=True, timeout_s=900)
+
+    def describe(self) -> str:
+        return (f"{'--quick' if self.quick else 'full'}: {self.n_train} training + {self.n_test} test phantoms "
+                f"(size '{self.size}', seed {self.seed}), repeats preprocess/train/infer = "
+                f"{self.repeats_preprocess}/{self.repeats_train}/{self.repeats_infer}, {self.warmup_iters} warm-up + "
+                f"{self.measured_iters} timed iterations, {self.num_workers} worker processes, device {self.device}")
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small run: < 15 min on 2 CPU cores")
+    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default bench_work/side_by_side)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--venv", type=Path, default=None, help="nnU-Net peer venv (default %s)" % peer_env.default_venv())
+    ap.add_argument("--output", type=Path, default=None, help="markdown report (default benchmarks/RESULTS.md)")
+    ap.add_argument("--size", choices=("small", "medium", "real"), default=None, help="phantom size preset")
+    ap.add_argument("--num-train", type=int, default=None)
+    ap.add_argument("--num-test", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None, help="repeats of every stage (overrides the preset)")
+    ap.add_argument("--iters", type=int, default=None, help="timed training iterations (after the warm-up)")
+    ap.add_argument("--patch-cap", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                    help="cap nnU-Net's 3d_fullres patch for both tools (quick default 32 96 96)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds before one command is killed")
+    args = ap.parse_args(argv)
+    s = Settings.quick_preset() if args.quick else Settings()
+    s.stages = [x.strip() for x in args.stages.split(",") if x.strip()]
+    bad = [x for x in s.stages if x not in STAGES]
+    if bad:
+        ap.error(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
+    s.device = args.device
+    for name, value in (("work", args.work), ("venv", args.venv), ("output", args.output), ("size", args.size),
+                        ("n_train", args.num_train), ("n_test", args.num_test), ("seed", args.seed),
+                        ("measured_iters", args.iters), ("patch_cap", args.patch_cap), ("timeout_s", args.timeout)):
+        if value is not None:
+            setattr(s, name, value)
+    if args.repeats is not None:
+        s.repeats_preprocess = s.repeats_train = s.repeats_infer = max(1, args.repeats)
+    s.infer_cases = min(s.infer_cases, s.n_test)
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    s = parse_args(argv)
+    t0 = time.perf_counter()
+    s.work.mkdir(parents=True, exist_ok=True)
+    peer_env.create(s.venv)
+    bench = Bench(s)
+    report = bench.run()
+    report.meta["total wall time"] = f"{time.perf_counter() - t0:.0f} s for the whole harness run"
+    text = render(report)
+    s.output.parent.mkdir(parents=True, exist_ok=True)
+    s.output.write_text(text)
+    (s.work / "results.json").write_text(json.dumps({"meta": report.meta,
+                                                    "samples": [x.to_dict() for x in report.samples],
+                                                    "commands": report.commands}, indent=1))
+    print(text)
+    log.info("wrote %s (raw samples: %s)", s.output, s.work / "results.json")
+    return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""``autoseg evaluate`` arguments and entry point; autoseg/cli.py wires them into its subcommands."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evaluation.folder import evaluate_folder, labels_from_dataset_json
+from evaluation.summary import format_summary_table
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the evaluate subcommand's options to ``parser``."""
+    parser.add_argument("-g", "--gt", required=True, help="folder of ground-truth label maps (CASE.nii.gz, ...)")
+    parser.add_argument("-p", "--pred", required=True, help="folder of predicted label maps, same case names")
+    parser.add_argument("-o", "--out", default=None, help="where metrics.csv and summary.json go (default: --pred)")
+    parser.add_argument("--tolerances", default="flare22",
+                        help="NSD tolerances: flare21 | flare22 | flare23 | a number of mm for every class")
+    parser.add_argument("--labels", default=None, metavar="DATASET_JSON",
+                        help="dataset.json naming the labels (default: the one beside the GT folder)")
+    parser.add_argument("--align", action="store_true",
+                        help="resample predictions not on the GT grid onto it (nearest neighbour) instead of refusing")
+    parser.add_argument("-j", "--num-workers", type=int, default=2, help="cases scored in parallel")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run folder evaluation from parsed arguments, print the table; AutosegError propagates to the caller."""
+    labels = None
+    if args.labels:
+        labels = {name: value for value, name in labels_from_dataset_json(Path(args.labels)).items()}
+    summary = evaluate_folder(args.gt, args.pred, args.out, labels=labels, tolerances=args.tolerances,
+                              align=args.align, num_workers=args.num_workers, progress=not args.no_progress)
+    print(format_summary_table(summary))
+    out = Path(args.out) if args.out else Path(args.pred)
+    print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
+    return 0

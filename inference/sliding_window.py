@@ -1,0 +1,170 @@
+"""Sliding-window prediction with Gaussian importance weighting, several windows per forward pass.
+
+Windows are visited in z order and the accumulator only spans the z range that unfinished windows can
+still touch, so ``iter_sliding_window`` hands out finished z slabs as soon as they are final: a caller
+that resamples and argmaxes slab by slab never holds the logits of a whole volume (a 1000-slice CT on
+CPU fits in a few GB). ``predict_sliding_window`` is the whole-volume convenience used by validation.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from functools import lru_cache
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], step_size: float) -> list[list[int]]:
+    """Window starts per axis: evenly spread, neighbours at most ``step_size * patch`` apart, last flush."""
+    steps = []
+    for size, patch in zip(image_size, patch_size):
+        if size <= patch:
+            steps.append([0])
+            continue
+        n = int(math.ceil((size - patch) / (patch * step_size))) + 1
+        span = size - patch
+        steps.append([int(round(i * span / (n - 1))) for i in range(n)])
+    return steps
+
+
+@lru_cache(maxsize=8)
+def _gaussian_cpu(patch_size: tuple[int, int, int], sigma_scale: float) -> torch.Tensor:
+    axes = []
+    for p in patch_size:
+        c = (p - 1) / 2.0
+        x = torch.arange(p, dtype=torch.float64)
+        axes.append(torch.exp(-((x - c) ** 2) / (2 * (p * sigma_scale) ** 2)))
+    g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    g = g / g.max()
+    # The corners of a window are still the only cover of an image corner: never weight them to zero
+    # (and stay well above fp16's smallest normal number).
+    return g.clamp_min(1e-3).float()
+
+
+_GAUSS_DEVICE_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def gaussian_importance_map(patch_size: Sequence[int], device: torch.device | str = "cpu",
+                            sigma_scale: float = 1.0 / 8) -> torch.Tensor:
+    """Separable Gaussian (max 1) that trusts window centres over borders; cached per size and device."""
+    key = (tuple(int(p) for p in patch_size), str(device), sigma_scale)
+    if key not in _GAUSS_DEVICE_CACHE:
+        if len(_GAUSS_DEVICE_CACHE) > 16:
+            _GAUSS_DEVICE_CACHE.clear()
+        _GAUSS_DEVICE_CACHE[key] = _gaussian_cpu(key[0], sigma_scale).to(device)
+    return _GAUSS_DEVICE_CACHE[key]
+
+
+def _amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    if amp is None:
+        amp = device.type == "cuda"
+    if not amp:
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def _forward(network: torch.nn.Module, x: torch.Tensor, mirror_axes: Sequence[int] | None,
+             amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """Logits (float32) of a batch, averaged over every combination of the mirrored spatial axes."""
+    dev = x.device.type
+    with torch.autocast(dev, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        combos: list[tuple[int, ...]] = [()]
+        if mirror_axes:
+            axes = [int(a) + 2 for a in mirror_axes]
+            combos = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+        out = None
+        for flip in combos:
+            y = network(torch.flip(x, flip) if flip else x)
+            if isinstance(y, (list, tuple)):
+                y = y[0]
+            y = (torch.flip(y, flip) if flip else y).float()
+            out = y if out is None else out.add_(y)
+    return out / len(combos) if len(combos) > 1 else out
+
+
+def iter_sliding_window(network: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int],
+                        num_classes: int, step_size: float = 0.5, windows_per_batch: int = 4,
+                        gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
+                        amp: bool | None = None, out_dtype: torch.dtype = torch.float32,
+                        accumulate_device: torch.device | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Yield ``(z0, z1, logits[:, z0:z1])`` slabs of the image in order, each final when yielded.
+
+    ``image`` is (C, Z, Y, X) on the network's device; images smaller than the patch are padded with 0
+    (the normalised mean) and the padding is cropped from the slabs. ``accumulate_device`` (default:
+    the image's) holds the rolling accumulator: the CPU when device memory ran out.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, Z, Y, X), got shape {tuple(image.shape)}")
+    patch = [int(p) for p in patch_size]
+    shape = list(image.shape[1:])
+    pad = [max(0, p - s) for p, s in zip(patch, shape)]
+    lo = [p // 2 for p in pad]
+    if any(pad):
+        image = F.pad(image, (lo[2], pad[2] - lo[2], lo[1], pad[1] - lo[1], lo[0], pad[0] - lo[0]))
+    padded = list(image.shape[1:])
+    amp_dtype = _amp_dtype(image.device, amp)
+    device = accumulate_device or image.device
+    steps = compute_steps(padded, patch, step_size)
+    windows = list(itertools.product(*steps))  # z-major: z starts are non-decreasing
+    single = all(len(s) == 1 for s in steps)
+    weight = gaussian_importance_map(patch, device) if gaussian and not single else None
+    acc_dtype = torch.float32 if out_dtype == torch.float32 or device.type == "cpu" else out_dtype
+
+    buf0 = 0  # global padded z index of acc[:, 0]
+    acc = torch.zeros((num_classes, 0, padded[1], padded[2]), dtype=acc_dtype, device=device)
+    wsum = torch.zeros((0, padded[1], padded[2]), dtype=torch.float32, device=device)
+
+    def emit(z_end: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        nonlocal acc, wsum, buf0
+        n = z_end - buf0
+        if n <= 0:
+            return
+        slab = acc[:, :n]
+        if weight is not None:
+            slab = slab / wsum[:n].clamp_min(1e-8).to(acc_dtype)
+        # crop padding: global padded z -> image z
+        a, b = max(buf0, lo[0]), min(z_end, lo[0] + shape[0])
+        if b > a:
+            out = slab[:, a - buf0:b - buf0, lo[1]:lo[1] + shape[1], lo[2]:lo[2] + shape[2]]
+            yield a - lo[0], b - lo[0], out.to(out_dtype).contiguous()
+        acc, wsum, buf0 = acc[:, n:], wsum[n:], z_end
+
+    for i in range(0, len(windows), max(1, windows_per_batch)):
+        batch = windows[i:i + windows_per_batch]
+        top = max(z for z, _, _ in batch) + patch[0]
+        if buf0 + acc.shape[1] < top:  # grow the rolling buffer to cover this batch
+            grow = top - buf0 - acc.shape[1]
+            acc = torch.cat([acc, acc.new_zeros((num_classes, grow, padded[1], padded[2]))], 1)
+            wsum = torch.cat([wsum, wsum.new_zeros((grow, padded[1], padded[2]))], 0)
+        x = torch.stack([image[:, z:z + patch[0], y:y + patch[1], xx:xx + patch[2]] for z, y, xx in batch])
+        logits = _forward(network, x, mirror_axes, amp_dtype).to(device)
+        if logits.shape[1] != num_classes:
+            raise ValueError(f"network returned {logits.shape[1]} channels, expected {num_classes}")
+        for (z, y, xx), lg in zip(batch, logits):
+            zs = slice(z - buf0, z - buf0 + patch[0])
+            region = acc[:, zs, y:y + patch[1], xx:xx + patch[2]]
+            if weight is None:
+                region += lg.to(acc_dtype)
+            else:
+                region += (lg * weight).to(acc_dtype)
+                wsum[zs, y:y + patch[1], xx:xx + patch[2]] += weight
+        next_z = windows[i + len(batch)][0] if i + len(batch) < len(windows) else padded[0]
+        yield from emit(next_z)
+
+
+def predict_sliding_window(network: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int],
+                           num_classes: int, step_size: float = 0.5, windows_per_batch: int = 4,
+                           gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
+                           amp: bool | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Logits (num_classes, Z, Y, X) of a (C, Z, Y, X) image, on the image's device.
+
+    ``amp=None`` means fp16 autocast on CUDA and full precision elsewhere.
+    """
+    out = torch.empty((num_classes, *image.shape[1:]), dtype=out_dtype, device=image.device)
+    with torch.inference_mode():
+        for z0, z1, slab in iter_sliding_window(network, image, patch_size, num_classes, step_size,
+                                                windows_per_batch, gaussian, mirror_axes, amp, out_dtype):
+            out[:, z0:z1] = slab
+    return out

@@ -1,0 +1,34 @@
+"""Planners: from a dataset fingerprint to plans.json for the roi, organ and tumour stages.
+
+``find_planner(name)`` finds ``ExperimentPlanner`` subclasses in this package and in the folders of
+``AUTOSEG_PLANNER_PATH``; ``plan_and_preprocess`` runs check -> fingerprint -> plan -> preprocess.
+Names resolve lazily, so ``import planners.memory`` (used on GPU machines by the benchmarks) does
+not pull in the image-reading stack.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "planners.experiment_planner": ("ExperimentPlanner",),
+    "planners.registry": ("find_planner", "known_planners"),
+    "planners.pipeline": ("plan_and_preprocess",),
+    "planners.cli": ("add_cli_arguments", "run_from_args"),
+    "planners.memory": ("estimate_training_bytes", "estimate_training_gb"),
+    "planners.topology": ("get_topology",),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'planners' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

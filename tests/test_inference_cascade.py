@@ -1,0 +1,143 @@
+"""The cascade's logic with hand-made voxel-wise networks whose right answer is known."""
+import numpy as np
+import pytest
+import torch
+
+from evaluation.metrics import dice
+from inference.predictor import CascadePredictor, device_bbox
+from inference.random_models import tiny_plans, write_random_checkpoints
+
+SPACING = (2.0, 1.5, 1.5)
+
+
+class Voxelwise(torch.nn.Module):
+    """Logits from the normalised intensity of each voxel (x = HU / 100 with the tiny plans)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def roi_net(x):  # foreground where HU > 50
+    return torch.cat([torch.zeros_like(x), 10 * (x - 0.5)], 1)
+
+
+def organ_net(x):  # nearest of body 0 HU, liver 100 HU, kidney 250 HU
+    return torch.cat([-(x - c) ** 2 for c in (0.0, 1.0, 2.5)], 1) * 10
+
+
+def tumour_net(x):  # tumour where 120 < HU < 180
+    return torch.cat([torch.zeros_like(x), 10 * (0.09 - (x - 1.5) ** 2)], 1)
+
+
+def phantom():
+    img = np.full((30, 64, 60), -1000, np.int16)
+    gt = np.zeros(img.shape, np.uint8)
+    img[2:28, 4:60, 4:56] = 0  # body
+    img[6:20, 10:34, 10:36] = 100
+    gt[6:20, 10:34, 10:36] = 1  # liver
+    img[9:14, 15:22, 15:23] = 150
+    gt[9:14, 15:22, 15:23] = 3  # tumour inside the liver
+    img[8:16, 12:22, 40:48] = 250
+    gt[8:16, 12:22, 40:48] = 2  # kidney
+    img[24:26, 50:53, 50:53] = 100  # small bright decoy far away: the ROI pass must drop it
+    return img, gt
+
+
+@pytest.fixture
+def predictor(tmp_path):
+    ckpts = write_random_checkpoints(tiny_plans(), tmp_path)
+    p = CascadePredictor(ckpts, device="cpu")
+    for stage, fn in (("roi", roi_net), ("organ", organ_net), ("tumour", tumour_net)):
+        p.stages[stage].network = Voxelwise(fn)
+    return p
+
+
+def test_cascade_exact_at_native_spacing(predictor):
+    img, gt = phantom()
+    predictor.stages["organ"].plans["stages"]["organ"]["target_spacing"] = list(SPACING)
+    out = predictor.predict_array(img, SPACING)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    gt[24:26, 50:53, 50:53] = 0  # decoy outside the ROI box stays background
+    assert np.array_equal(out, gt)
+
+
+def test_cascade_with_resampling(predictor):
+    img, gt = phantom()
+    out = predictor.predict_array(img, SPACING)  # organ stage at 2.5 x 2 x 2 mm
+    assert np.array_equal(out == 3, gt == 3)  # tumour stage runs at the data's spacing: exact
+    # a voxel-wise net labels the partial-volume rim of the bright kidney as liver: loose bounds
+    assert dice(gt == 1, out == 1) > 0.9 and dice(gt == 2, out == 2) > 0.75
+    assert not out[24:26, 50:53, 50:53].any()
+
+
+def test_no_cascade_searches_whole_body(predictor):
+    img, gt = phantom()
+    predictor.use_roi = False
+    out = predictor.predict_array(img, SPACING)
+    assert out[24:26, 50:53, 50:53].any()  # without the ROI pass the decoy is labelled liver
+    assert np.array_equal(out == 3, gt == 3)
+
+
+def test_empty_roi_falls_back_to_body(predictor):
+    img, gt = phantom()
+    predictor.stages["roi"].network = Voxelwise(lambda x: torch.cat([x * 0 + 1, x * 0], 1))
+    out = predictor.predict_array(img, SPACING)
+    assert dice(gt == 1, out == 1) > 0.9
+
+
+def test_no_host_organ_skips_tumour(predictor):
+    img, _ = phantom()
+    predictor.stages["organ"].network = Voxelwise(lambda x: torch.cat([x * 0 + 1, x * 0, x * 0], 1))
+    assert not predictor.predict_array(img, SPACING).any()
+
+
+def test_postprocessing_rules_applied(predictor):
+    img, gt = phantom()
+    predictor.use_roi = False
+    predictor.rules = {"1": {"keep_largest": True}}
+    out = predictor.predict_array(img, SPACING)
+    assert not out[24:26, 50:53, 50:53].any() and dice(gt == 1, out == 1) > 0.9
+
+
+def test_probabilities_sum_to_one(tmp_path):
+    ckpts = write_random_checkpoints(tiny_plans(stages=("organ",)), tmp_path)
+    p = CascadePredictor(ckpts, device="cpu", save_probabilities=True)
+    img, _ = phantom()
+    labels, probs = p.predict_array_full(img[:20, :40, :40], SPACING)
+    pr = probs["organ"]["probabilities"].float()
+    assert pr.shape[0] == 3 and tuple(pr.shape[1:]) == tuple(np.diff(probs["organ"]["bbox"]).ravel())
+    torch.testing.assert_close(pr.sum(0), torch.ones(pr.shape[1:]), atol=5e-3, rtol=0)
+
+
+def test_device_bbox():
+    m = torch.zeros(5, 6, 7, dtype=torch.bool)
+    assert device_bbox(m) is None
+    m[1:3, 2, 4:7] = True
+    assert device_bbox(m) == [[1, 3], [2, 3], [4, 7]]
+
+
+def test_cuda_oom_falls_back_to_lean_path(predictor, monkeypatch, caplog):
+    from inference.profiling import CaseProfile
+
+    img, _ = phantom()
+    vol, box, sm = torch.from_numpy(img), [[0, s] for s in img.shape], predictor.stages["organ"]
+    with torch.inference_mode():
+        expected = predictor._stage_labels(sm, vol, box, list(SPACING), {})
+    real, calls = predictor._stage_labels, []
+
+    def flaky(*a, **k):
+        calls.append(predictor.lean)
+        if not predictor.lean:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(predictor, "_stage_labels", flaky)
+    predictor.device = torch.device("cuda")  # only consulted to decide whether to retry
+    with caplog.at_level("WARNING"), torch.inference_mode():
+        got = predictor._stage_safe(sm, vol, box, list(SPACING), {}, CaseProfile(torch.device("cpu")))
+    assert calls == [False, True] and predictor.lean and "out of memory" in caplog.text
+    assert torch.equal(got, expected) and (expected == 2).any()

@@ -1,0 +1,13 @@
+"""Trainers: the default ``Trainer``, its variants, and lookup of any trainer by class name.
+
+Subclass ``Trainer`` in a file of your own, put its folder on ``AUTOSEG_TRAINER_PATH`` (or pass
+``--trainer-path``), and ``autoseg run_training STAGE YourTrainer ID FOLD`` finds it.
+"""
+from trainers.trainer import Trainer
+from trainers.variants import TrainerFinetune, TrainerShort, TrainerTumourDynamicWeights
+from trainers.registry import find_trainer, known_trainers
+from trainers.cli import add_cli_arguments, run_from_args
+from trainers.run import run_training
+
+__all__ = ["Trainer", "TrainerShort", "TrainerFinetune", "TrainerTumourDynamicWeights", "find_trainer",
+           "known_trainers", "run_training", "add_cli_arguments", "run_from_args"]

@@ -1,0 +1,112 @@
+"""Find a trainer class by name in the ``trainers`` package and in user folders.
+
+User folders come from ``--trainer-path`` and ``AUTOSEG_TRAINER_PATH`` (``os.pathsep``-separated).
+Every ``.py`` file there is imported (the folder is put on ``sys.path`` first so files may import
+their neighbours) and each ``Trainer`` subclass *defined* in it is registered under its class name.
+A name defined in two places is refused, naming both files, rather than silently picking one.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import pkgutil
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Iterable
+
+from autoseg import AutosegError
+
+ENV_VAR = "AUTOSEG_TRAINER_PATH"
+_loaded_files: dict[tuple[str, float], ModuleType] = {}
+
+
+def trainer_folders(extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
+    """``extra`` folders first, then those in AUTOSEG_TRAINER_PATH; duplicates removed."""
+    items: list[str] = []
+    if extra is not None:
+        for e in [extra] if isinstance(extra, (str, os.PathLike)) else extra:
+            items += str(e).split(os.pathsep)
+    items += os.environ.get(ENV_VAR, "").split(os.pathsep)
+    out: list[Path] = []
+    for item in items:
+        if not item.strip():
+            continue
+        p = Path(item).expanduser()
+        if not p.is_dir():
+            raise AutosegError(f"{p}: trainer folder does not exist (from --trainer-path or {ENV_VAR})")
+        if p.resolve() not in [q.resolve() for q in out]:
+            out.append(p)
+    return out
+
+
+def _trainer_classes(module: ModuleType) -> list[type]:
+    from trainers.trainer import Trainer
+
+    return [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+            if issubclass(obj, Trainer) and obj.__module__ == module.__name__]
+
+
+def _import_file(path: Path) -> ModuleType:
+    key = (str(path.resolve()), path.stat().st_mtime)
+    if key in _loaded_files:
+        return _loaded_files[key]
+    digest = hashlib.sha1(key[0].encode()).hexdigest()[:10]
+    name = f"autoseg_user_trainers_{digest}.{path.stem}"
+    folder = str(path.parent.resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        sys.modules.pop(name, None)
+        raise AutosegError(f"{path}: cannot import trainer file ({type(e).__name__}: {e})") from e
+    _loaded_files[key] = module
+    return module
+
+
+def _package_modules() -> list[ModuleType]:
+    import trainers
+
+    return [importlib.import_module(f"trainers.{m.name}") for m in pkgutil.iter_modules(trainers.__path__)]
+
+
+def known_trainers(extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> dict[str, list[tuple[type, str]]]:
+    """Every trainer name -> [(class, where it is defined)], from the package and the user folders."""
+    found: dict[str, list[tuple[type, str]]] = {}
+
+    def add(cls: type, where: str) -> None:
+        entries = found.setdefault(cls.__name__, [])
+        if all(c is not cls for c, _ in entries):
+            entries.append((cls, where))
+
+    for module in _package_modules():
+        for cls in _trainer_classes(module):
+            add(cls, inspect.getsourcefile(cls) or module.__name__)
+    for folder in trainer_folders(extra):
+        for path in sorted(folder.rglob("*.py")):
+            if "__pycache__" in path.parts or any(part.startswith(".") for part in path.relative_to(folder).parts):
+                continue
+            for cls in _trainer_classes(_import_file(path)):
+                add(cls, str(path))
+    return found
+
+
+def find_trainer(name: str, extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> type:
+    """The one ``Trainer`` subclass called ``name``; a clear error if it is missing or ambiguous."""
+    found = known_trainers(extra)
+    entries = found.get(name)
+    if not entries:
+        folders = ", ".join(str(f) for f in trainer_folders(extra)) or f"none (set {ENV_VAR} or --trainer-path)"
+        raise AutosegError(f"trainer '{name}' not found; known trainers: {', '.join(sorted(found))}; "
+                           f"user folders searched: {folders}")
+    if len(entries) > 1:
+        raise AutosegError(f"trainer '{name}' is defined twice: in {entries[0][1]} and in {entries[1][1]}; "
+                           "rename one of them")
+    return entries[0][0]

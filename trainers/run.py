@@ -1,0 +1,70 @@
+"""``run_training``: resolve dataset, plans and trainer class, then train one stage/fold.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same entry point joins the process group, so
+``torchrun --nproc_per_node=4 -m autoseg run_training organ Trainer 501 0`` is all a cluster job needs.
+SIGTERM (what schedulers send before killing a job) is turned into a normal exit so data-loading
+workers are shut down and the last checkpoint stays valid.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from autoseg import AutosegError
+from autoseg.paths import find_dataset_folder, preprocessed_root, results_root
+from autoseg.plans import load_plans
+from trainers import distributed as ddp
+from trainers.registry import find_trainer
+from trainers.splits import parse_fold
+from trainers.distributed import resolve_device
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_training(stage: str, trainer: str, task: str | int, fold: str | int, epochs: int | None = None,
+                 iters_per_epoch: int | None = None, device: str = "auto", continue_training: bool = False,
+                 pretrained: str | os.PathLike | None = None, trainer_path: str | os.PathLike | None = None,
+                 num_workers: int | None = None, compile: bool = False,
+                 preprocessed: str | os.PathLike | None = None, results: str | os.PathLike | None = None,
+                 amp: bool | None = None) -> Path:
+    """Train one stage/fold with the named trainer class; returns the fold's results folder."""
+    dataset_folder = find_dataset_folder(task, preprocessed_root(preprocessed))
+    plans = load_plans(dataset_folder / "plans.json")
+    if stage not in plans["stages"]:
+        raise AutosegError(f"{dataset_folder / 'plans.json'}: no stage '{stage}' "
+                           f"(planned stages: {', '.join(plans['stages'])})")
+    fold = parse_fold(fold)
+    cls = find_trainer(trainer, trainer_path)
+    for name, value in (("--epochs", epochs), ("--iters-per-epoch", iters_per_epoch)):
+        if value is not None and value < 1:
+            raise AutosegError(f"{name} must be at least 1, got {value}")
+    dev = resolve_device(device)
+    created = ddp.init_from_env(dev)
+    try:
+        output = results_root(results) / plans["dataset_name"] / stage / cls.__name__ / f"fold_{fold}"
+        t = cls(plans, stage, fold, dataset_folder, dev, output, num_epochs=epochs,
+                iters_per_epoch=iters_per_epoch, num_workers=num_workers, compile=compile, amp=amp,
+                pretrained=pretrained)
+        with _sigterm_as_exit():
+            return t.fit(continue_training)
+    finally:
+        if created:
+            ddp.destroy()
