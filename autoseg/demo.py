@@ -30,8 +30,8 @@ class DemoConfig:
     phantom_size: str = "small"
     planner: str = "CPUPlanner"
     # stage -> (epochs, iterations per epoch)
-    schedule: dict = field(default_factory=lambda: {"roi": (4, 25), "organ": (12, 25), "tumour": (8, 25)})
-    trainer: str = "Trainer"
+    schedule: dict = field(default_factory=lambda: {"roi": (3, 25), "organ": (16, 25), "tumour": (10, 25)})
+    trainer: str = "TrainerFast"
     num_workers: int = 2
 
 
@@ -39,13 +39,17 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-dir", default="autoseg_demo", help="folder for everything the demo makes (default: ./autoseg_demo)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to train and predict")
     p.add_argument("--fresh", action="store_true", help="delete the work dir first instead of resuming")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every training schedule (e.g. 0.2 for a smoke run)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every training schedule (epochs and iterations; e.g. 0.05 for a smoke run)")
+    p.add_argument("--num-train", type=int, default=DemoConfig.num_train, help="training phantoms")
+    p.add_argument("--num-test", type=int, default=DemoConfig.num_test, help="held-out phantoms")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    cfg = DemoConfig()
+    cfg = DemoConfig(num_train=args.num_train, num_test=args.num_test)
     if args.scale != 1.0:
-        cfg.schedule = {k: (max(1, round(e * args.scale)), it) for k, (e, it) in cfg.schedule.items()}
+        cfg.schedule = {k: (max(1, round(e * args.scale)), max(2, round(it * min(1.0, args.scale))))
+                        for k, (e, it) in cfg.schedule.items()}
     return run_demo(Path(args.work_dir), cfg, device=args.device, fresh=args.fresh)
 
 
@@ -85,8 +89,9 @@ def run_demo(work: Path, cfg: DemoConfig, device: str = "cpu", fresh: bool = Fal
         run_training(stage, cfg.trainer, DATASET_ID, "all", epochs=epochs, iters_per_epoch=iters, device=device)
 
     pred = work / "predictions"
-    _say(f"autoseg run_inference -i {ds_folder / 'imagesTs'} -o {pred} -t {DATASET_ID} --device {device} --profile")
-    rc = run_inference(ds_folder / "imagesTs", pred, DATASET_ID, device=device, profile=True)
+    _say(f"autoseg run_inference -i {ds_folder / 'imagesTs'} -o {pred} -t {DATASET_ID} -tr {cfg.trainer} "
+         f"--device {device} --profile")
+    rc = run_inference(ds_folder / "imagesTs", pred, DATASET_ID, trainer=cfg.trainer, device=device, profile=True)
 
     _say(f"autoseg evaluate -g {ds_folder / 'labelsTs'} -p {pred} -o {work / 'evaluation'}")
     summary = evaluate_folder(ds_folder / "labelsTs", pred, work / "evaluation", labels=plans["labels"],

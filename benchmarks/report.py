@@ -42,6 +42,7 @@ class Row:
     better: str = "lower"      # "lower" or "higher": which direction is better for this metric
     digits: int = 2
     note: str = ""             # shown when a tool has no samples (e.g. "not run in --quick")
+    reading: str = ""          # fixed text for the last column instead of a better/worse verdict
 
 
 @dataclass
@@ -57,6 +58,19 @@ class Report:
     def add(self, stage: str, metric: str, tool: str, value: float | None, repeat: int = 0) -> None:
         if value is not None:
             self.samples.append(Sample(stage, metric, tool, float(value), repeat))
+
+
+def to_json(report: Report) -> dict:
+    """Everything needed to render the report again (``python -m benchmarks.run --render-only``)."""
+    return {"title": report.title, "meta": report.meta, "setup": report.setup, "notes": report.notes,
+            "commands": report.commands, "rows": [asdict(r) for r in report.rows],
+            "samples": [s.to_dict() for s in report.samples]}
+
+
+def from_json(data: dict) -> Report:
+    return Report(title=data["title"], samples=[Sample(**s) for s in data["samples"]],
+                  rows=[Row(**r) for r in data["rows"]], meta=data["meta"], setup=data["setup"],
+                  commands=data["commands"], notes=data["notes"])
 
 
 def median_of(samples: Iterable[Sample], stage: str, metric: str, tool: str) -> tuple[float | None, int]:
@@ -100,7 +114,7 @@ def table(report: Report) -> list[str]:
         cell_o = f"{_num(o, row.digits)}{unit} (n={no})" if o is not None else (row.note or "not measured")
         cell_t = f"{_num(t, row.digits)}{unit} (n={nt})" if t is not None else (row.note or "not measured")
         lines.append(f"| {row.stage} | {row.label} | {cell_o} | {cell_t} | "
-                     f"{'–' if r is None else f'{r:.3f}'} | {row.better} | {_verdict(r, row.better)} |")
+                     f"{'–' if r is None else f'{r:.3f}'} | {row.better} | {row.reading or _verdict(r, row.better)} |")
     return lines
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import harness, peer_env
-from benchmarks.report import render
+from benchmarks.report import from_json, render, to_json
 from benchmarks.stages import STAGES, Bench
 
 log = logging.getLogger("benchmarks")
@@ -50,6 +50,7 @@ class Settings:
     infer_max_shape: list[int] | None = None
     their_default_tta: bool = True
     timeout_s: float | None = None
+    render_only: bool = False
 
     @classmethod
     def quick_preset(cls) -> "Settings":
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     ap.add_argument("--patch-cap", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                     help="cap nnU-Net's 3d_fullres patch for both tools (quick default 32 96 96)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds before one command is killed")
+    ap.add_argument("--render-only", action="store_true",
+                    help="measure nothing: write the report again from the work folder's results.json")
     args = ap.parse_args(argv)
     s = Settings.quick_preset() if args.quick else Settings()
     s.stages = [x.strip() for x in args.stages.split(",") if x.strip()]
@@ -96,27 +99,36 @@ def parse_args(argv: list[str] | None) -> Settings:
     if args.repeats is not None:
         s.repeats_preprocess = s.repeats_train = s.repeats_infer = max(1, args.repeats)
     s.infer_cases = min(s.infer_cases, s.n_test)
+    s.render_only = args.render_only
     return s
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     s = parse_args(argv)
+    results = s.work / "results.json"
+    if s.render_only:
+        if not results.is_file():
+            raise SystemExit(f"{results}: no results to render (run the benchmark first)")
+        _write(render(from_json(json.loads(results.read_text()))), s.output)
+        return 0
     t0 = time.perf_counter()
     s.work.mkdir(parents=True, exist_ok=True)
     peer_env.create(s.venv)
     bench = Bench(s)
     report = bench.run()
     report.meta["total wall time"] = f"{time.perf_counter() - t0:.0f} s for the whole harness run"
-    text = render(report)
-    s.output.parent.mkdir(parents=True, exist_ok=True)
-    s.output.write_text(text)
-    (s.work / "results.json").write_text(json.dumps({"meta": report.meta,
-                                                    "samples": [x.to_dict() for x in report.samples],
-                                                    "commands": report.commands}, indent=1))
-    print(text)
-    log.info("wrote %s (raw samples: %s)", s.output, s.work / "results.json")
+    results.write_text(json.dumps(to_json(report), indent=1))
+    _write(render(report), s.output)
+    log.info("raw samples and the report's content: %s; logs: %s", results, s.work / "logs")
     return 1 if bench.failures else 0
+
+
+def _write(text: str, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(text)
+    log.info("wrote %s", output)
 
 
 if __name__ == "__main__":

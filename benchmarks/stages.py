@@ -27,6 +27,7 @@ STAGES = ("preprocess", "train", "infer")
 def rows(quick: bool, their_tta: bool) -> list[Row]:
     skipped = "not run in --quick" if quick else "not run (--stages or failure)"
     tta_note = skipped if not their_tta else "not measured"
+    dsc = "few-iteration models: shows both run end to end, not model quality"
     return [
         Row("preprocess", "wall_s", "plan_and_preprocess, whole command", "s"),
         Row("preprocess", "analysis_s", "verify + fingerprint + plan", "s"),
@@ -40,14 +41,17 @@ def rows(quick: bool, their_tta: bool) -> list[Row]:
         Row("train", "peak_pss_mb", "peak PSS, process tree (sum)", "MB", digits=0),
         Row("train", "peak_gpu_mb", "peak GPU memory (nvidia-smi)", "MB", digits=0, note="CPU run"),
         Row("infer, TTA off", "per_case_s", "wall time per case (command incl. start-up / cases)", "s"),
+        Row("infer, TTA off", "profile_case_s", "per case, tool's own timer (excl. start-up)", "s",
+            note="nnU-Net logs no per-case time"),
         Row("infer, TTA off", "peak_rss_mb", "peak RSS, process tree (sum)", "MB", digits=0),
         Row("infer, TTA off", "peak_pss_mb", "peak PSS, process tree (sum)", "MB", digits=0),
         Row("infer, TTA off", "peak_gpu_mb", "peak GPU memory (nvidia-smi)", "MB", digits=0, note="CPU run"),
-        Row("infer, TTA off", "dsc", "mean DSC vs ground truth", "", better="higher", digits=3),
+        Row("infer, TTA off", "dsc", "mean DSC vs ground truth", "", better="higher", digits=3, reading=dsc),
         Row("infer, defaults", "per_case_s", "wall time per case (ours: TTA off; nnU-Net: 8-mirror TTA)", "s",
             note=tta_note),
         Row("infer, defaults", "peak_rss_mb", "peak RSS, process tree (sum)", "MB", digits=0, note=tta_note),
-        Row("infer, defaults", "dsc", "mean DSC vs ground truth", "", better="higher", digits=3, note=tta_note),
+        Row("infer, defaults", "dsc", "mean DSC vs ground truth", "", better="higher", digits=3, note=tta_note,
+            reading=dsc),
     ]
 
 
@@ -137,8 +141,8 @@ class Bench:
             return None
         return (f"**machine busy**: processes outside the benchmark were running during these measurements (on "
                 f"average up to {worst:.1f} at a time, on {cores} cores; mean over all commands "
-                f"{sum(self.foreign) / len(self.foreign):.1f}). Single-repeat rows, training above all, can be off "
-                f"by a factor of 2 or more: rerun on a quiet machine before quoting them.")
+                f"{sum(self.foreign) / len(self.foreign):.1f}). Times, training above all, can then be off by a "
+                f"factor of 2 or more even though the tools alternate: rerun on a quiet machine before quoting them.")
 
     def make_phantoms(self) -> None:
         s = self.s
@@ -328,6 +332,11 @@ class Bench:
         self.record_common(stage, tool.name, m, repeat)
         self.report.add(stage, "per_case_s", tool.name, m.wall_s / max(1, len(self.case_ids)), repeat)
         self.report.add(stage, "dsc", tool.name, self._dsc(out), repeat)
+        profile = out / "profile.json"
+        if profile.is_file():  # autoseg --profile: per-case totals, start-up excluded
+            cases = json.loads(profile.read_text()).get("cases", {})
+            totals = [c["total"] for c in cases.values() if isinstance(c, dict) and "total" in c]
+            self.report.add(stage, "profile_case_s", tool.name, statistics.median(totals) if totals else None, repeat)
 
     def stage_infer(self) -> None:
         for name in (OURS, THEIRS):

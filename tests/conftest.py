@@ -10,7 +10,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "total
 def _isolated_paths(tmp_path, monkeypatch):
     """Keep every test away from the user's real AUTOSEG_* / nnUNet_* folders."""
     for var in ("AUTOSEG_RAW", "AUTOSEG_PREPROCESSED", "AUTOSEG_RESULTS", "nnUNet_raw",
-                "AUTOSEG_TRAINER_PATH"):
+                "AUTOSEG_TRAINER_PATH", "AUTOSEG_PLANNER_PATH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     yield

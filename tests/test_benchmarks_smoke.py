@@ -200,3 +200,15 @@ def test_competing_processes_are_counted():
         busy.kill()
         busy.wait()
     assert m.foreign_running_mean > 0.5  # the busy loop outside the measured tree was seen running
+
+
+def test_report_survives_a_json_round_trip():
+    from benchmarks.report import from_json, to_json
+
+    rep = Report(title="t", rows=[Row("infer", "dsc", "DSC", "", better="higher", reading="not a quality test")],
+                 setup=["same data"], notes=["quiet"], commands=["x"], meta={"date": "today"})
+    rep.add("infer", "dsc", OURS, 0.5)
+    rep.add("infer", "dsc", THEIRS, 0.25)
+    again = from_json(json.loads(json.dumps(to_json(rep))))
+    assert render(again) == render(rep)
+    assert "| 2.000 | higher | not a quality test |" in render(rep)
