@@ -21,7 +21,7 @@ setup(
         "scikit-image>=0.21",
         "scipy>=1.10",
         "nibabel>=5.0",
-        "acvl-utils>=0.2",
+        "connected-components-3d>=3.12",
         "matplotlib>=3.7",
         "tqdm>=4.60",
     ],

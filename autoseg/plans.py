@@ -32,8 +32,9 @@ def _check_vec(where: str, key: str, v: Any, kind: type, n: int = 3) -> None:
 def _validate_network(where: str, key: str, net: Any) -> None:
     if not isinstance(net, dict):
         _fail(where, key, "must be an object")
-    if net.get("class") not in NETWORK_CLASSES:
-        _fail(where, f"{key}.class", f"must be one of {NETWORK_CLASSES}, got {net.get('class')!r}")
+    # Any registered class name is allowed (users register their own); build_network names unknown ones.
+    if not (isinstance(net.get("class"), str) and net["class"]):
+        _fail(where, f"{key}.class", f"must be a network class name such as {NETWORK_CLASSES}, got {net.get('class')!r}")
     feats = net.get("features")
     if not (isinstance(feats, list) and feats and all(isinstance(f, int) and f > 0 for f in feats)):
         _fail(where, f"{key}.features", f"must be a non-empty list of positive integers, got {feats!r}")

@@ -77,3 +77,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]) -> tuple[list[str], Any, Any]:
+    """``(__all__, __getattr__, __dir__)`` for a package whose names load on first use.
+
+    Packages re-export their public API this way so that importing one light submodule (in a worker
+    process, or on a GPU machine without the imaging stack) does not import everything else.
+    """
+    import importlib
+    import sys
+
+    where = {name: mod for mod, names in exports.items() for name in names}
+    names = sorted(where)
+
+    def __getattr__(name: str) -> Any:
+        if name in where:
+            value = getattr(importlib.import_module(where[name]), name)
+            setattr(sys.modules[package], name, value)
+            return value
+        raise AttributeError(f"module '{package}' has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(names))
+
+    return names, __getattr__, __dir__

@@ -7,8 +7,7 @@ not pull in the image-reading stack.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from autoseg.utils import lazy_exports
 
 _EXPORTS = {
     "planners.experiment_planner": ("ExperimentPlanner",),
@@ -18,17 +17,4 @@ _EXPORTS = {
     "planners.memory": ("estimate_training_bytes", "estimate_training_gb"),
     "planners.topology": ("get_topology",),
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'planners' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

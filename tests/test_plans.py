@@ -36,7 +36,7 @@ def test_valid_roundtrip(tmp_path):
     (lambda p: p["stages"]["organ"].__setitem__("batch_size", "2"), "stages.organ.batch_size"),
     (lambda p: p["stages"]["organ"].__setitem__("patch_size", [31, 64, 64]), "not divisible"),
     (lambda p: p["stages"]["organ"].__setitem__("classes", [1, 7]), "stages.organ.classes"),
-    (lambda p: p["stages"]["roi"]["network"].__setitem__("class", "Nope"), "stages.roi.network.class"),
+    (lambda p: p["stages"]["roi"]["network"].__setitem__("class", 3), "stages.roi.network.class"),
     (lambda p: p["intensity"].__setitem__("clip", [400, -1000]), "intensity.clip"),
     (lambda p: p.__setitem__("schema_version", 2), "schema_version"),
     (lambda p: p["stages"].__setitem__("coarse", {}), "stages.coarse"),

@@ -6,8 +6,7 @@ for importing torch.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from autoseg.utils import lazy_exports
 
 _EXPORTS = {
     "autoseg.preprocessing.resample": ("resample_image", "resample_labels", "resample_logits", "compute_new_shape",
@@ -18,17 +17,4 @@ _EXPORTS = {
     "autoseg.preprocessing.cache": ("case_paths", "is_valid", "load_case", "stage_hash"),
     "autoseg.preprocessing.preprocessor": ("preprocess_case", "preprocess_dataset", "stage_bbox"),
 }
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'autoseg.preprocessing' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
