@@ -36,6 +36,11 @@ CONFIGS: dict[str, tuple] = {
     "small": ([32, 64, 64], 2, {"class": "UNet", "features": [16, 32, 64, 128],
                                 "kernel_sizes": [[3, 3, 3]] * 4, "strides": [[1, 1, 1]] + [[2, 2, 2]] * 3,
                                 "blocks": "plain"}, (48, 96, 96), (1.5, 1.5, 1.5)),
+    # the side-by-side harness's --quick setting: nnU-Net's 3d_fullres topology with the patch capped
+    "quick": ([32, 96, 96], 2, {"class": "UNet", "features": [32, 64, 128, 256, 320, 320],
+                                "kernel_sizes": [[1, 3, 3]] + [[3, 3, 3]] * 5,
+                                "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+                                "blocks": "plain"}, (40, 140, 140), (3.8, 1.0, 1.0)),
     "medium": ([64, 128, 128], 2, {"class": "UNet", "features": [16, 32, 64, 128, 256],
                                    "kernel_sizes": [[3, 3, 3]] * 5, "strides": [[1, 1, 1]] + [[2, 2, 2]] * 4,
                                    "blocks": "plain"}, (90, 170, 170), (1.6, 1.6, 1.6)),
@@ -93,7 +98,9 @@ def bench_loader(folder: Path, workers: int, batches: int, device: str) -> dict:
     return {"workers": workers, "batches": batches, "patches_per_s": batches * t.batch_size / dt}
 
 
-def bench_trainer(folder: Path, workers: int, amp: bool, warmup: int, iters: int, device: str, out: Path) -> dict:
+def bench_trainer(folder: Path, workers: int, amp: bool, warmup: int, iters: int, device: str, out: Path,
+                  channels_last: bool | None = None) -> dict:
+    TimedTrainer.channels_last = channels_last
     t = TimedTrainer(load_plans(folder / "plans.json"), "organ", "all", folder, device, out, num_epochs=1,
                      iters_per_epoch=warmup + iters + 1, num_workers=workers, amp=amp)
     t.intervals = []
@@ -102,6 +109,7 @@ def bench_trainer(folder: Path, workers: int, amp: bool, warmup: int, iters: int
     timed = t.intervals[warmup:]
     med = statistics.median(timed)
     return {"workers": workers, "precision": str(t.amp_dtype).replace("torch.", "") if t.amp_dtype else "fp32",
+            "channels_last": t.memory_format == torch.channels_last_3d,
             "iter_s_median": med, "iters_per_s": 1.0 / med, "iter_s_all": timed,
             "patches_per_s": t.batch_size / med, "wall_s": time.perf_counter() - t0}
 
@@ -113,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--workers", default="0,1", help="comma list of worker counts")
     ap.add_argument("--precision", default="amp,fp32", help="comma list of amp, fp32")
+    ap.add_argument("--layout", default="auto", help="comma list of auto, cl (channels-last), ncdhw")
     ap.add_argument("--loader-batches", type=int, default=10)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", type=Path, default=None, help="cache folder (default: a temporary one)")
@@ -129,12 +138,16 @@ def main(argv: list[str] | None = None) -> dict:
         for w in workers:
             entry["loader"].append(bench_loader(folder, w, a.loader_batches, a.device))
             print(f"{name}: loader, {w} workers: {entry['loader'][-1]['patches_per_s']:.2f} patches/s", flush=True)
+        layouts = {"auto": None, "cl": True, "ncdhw": False}
         for prec in a.precision.split(","):
-            for w in workers:
-                r = bench_trainer(folder, w, prec == "amp", a.warmup, a.iters, a.device, work / "results" / name)
-                entry["trainer"].append(r)
-                print(f"{name}: trainer, {r['precision']}, {w} workers: {r['iter_s_median']:.3f} s/iter "
-                      f"({r['iters_per_s']:.3f} it/s, {r['patches_per_s']:.2f} patches/s)", flush=True)
+            for lay in a.layout.split(","):
+                for w in workers:
+                    r = bench_trainer(folder, w, prec == "amp", a.warmup, a.iters, a.device,
+                                      work / "results" / name, layouts[lay])
+                    entry["trainer"].append(r)
+                    print(f"{name}: trainer, {r['precision']}, {'channels-last' if r['channels_last'] else 'NCDHW'}, "
+                          f"{w} workers: {r['iter_s_median']:.3f} s/iter "
+                          f"({r['iters_per_s']:.3f} it/s, {r['patches_per_s']:.2f} patches/s)", flush=True)
         results["configs"][name] = entry
     if a.json:
         a.json.write_text(json.dumps(results, indent=2))

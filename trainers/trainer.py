@@ -55,6 +55,7 @@ class Trainer:
     save_every: int = 1
     seed: int = 12345
     loader_timeout_s: float = 600.0
+    channels_last: bool | None = None  # None: on where it pays (bf16 autocast on CPU)
     validation_mirror_axes: tuple[int, ...] | None = None
     validation_tolerances: str = "flare22"
 
@@ -182,6 +183,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
         self.setup_cases()
         self.network = self.build_network().to(self.device)
+        self.memory_format = torch.channels_last_3d if self.use_channels_last() else torch.contiguous_format
+        self.network = self.network.to(memory_format=self.memory_format)
         if self.pretrained:
             load_pretrained(self.network, self.pretrained)
         self.loss = self.build_loss()
@@ -202,9 +205,16 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def use_channels_last(self) -> bool:
+        """oneDNN's bf16 convolutions work channels-last; feeding them NCDHW costs a reorder per conv."""
+        if self.channels_last is not None:
+            return bool(self.channels_last)
+        return self.device.type == "cpu" and self.amp_dtype == torch.bfloat16
+
     def to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         nb = self.device.type == "cuda"
-        return batch["data"].to(self.device, non_blocking=nb), batch["seg"].to(self.device, non_blocking=nb)
+        data = batch["data"].to(self.device, non_blocking=nb).contiguous(memory_format=self.memory_format)
+        return data, batch["seg"].to(self.device, non_blocking=nb)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         data, target = self.to_device(batch)
@@ -307,7 +317,8 @@ class Trainer:
         """Counterpart of ``extra_state``."""
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        return {"network_weights": self.network.state_dict(), "plans": self.plans, "stage": self.stage,
+        weights = {k: v.contiguous() for k, v in self.network.state_dict().items()}
+        return {"network_weights": weights, "plans": self.plans, "stage": self.stage,
                 "trainer_name": type(self).__name__, "fold": str(self.fold), "epoch": self.current_epoch,
                 "num_epochs": self.num_epochs, "iters_per_epoch": self.iters_per_epoch,
                 "optimizer_state": self.optimizer.state_dict(),
