@@ -5,7 +5,8 @@ out of the archive: a patch reads only its own pages, every worker shares the OS
 second copy of the dataset is written. A compressed archive is unpacked once to ``<stage>/unpacked/``
 (``.npy``, atomic) and memory-mapped from there.
 
-Loading: batches are produced by an ``IterableDataset`` (sampling + batchgenerators transforms) run in
+Loading: batches are produced by an ``IterableDataset`` (patch sampling fused with the spatial
+augmentation, then batchgenerators' intensity transforms and mirroring) run in
 ``torch.utils.data`` worker processes. We use torch's workers rather than batchgenerators' augmenters
 because they watch their parent (a SIGKILLed trainer leaves no orphan), surface a crashed worker as
 an error instead of a hang, time out, and hand batches over in shared memory. ``BatchLoader`` is a

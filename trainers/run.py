@@ -46,13 +46,13 @@ def run_training(stage: str, trainer: str, task: str | int, fold: str | int, epo
                  preprocessed: str | os.PathLike | None = None, results: str | os.PathLike | None = None,
                  amp: bool | None = None) -> Path:
     """Train one stage/fold with the named trainer class; returns the fold's results folder."""
+    cls = find_trainer(trainer, trainer_path)  # first: a typo should not wait for the dataset lookup
     dataset_folder = find_dataset_folder(task, preprocessed_root(preprocessed))
     plans = load_plans(dataset_folder / "plans.json")
     if stage not in plans["stages"]:
         raise AutosegError(f"{dataset_folder / 'plans.json'}: no stage '{stage}' "
                            f"(planned stages: {', '.join(plans['stages'])})")
     fold = parse_fold(fold)
-    cls = find_trainer(trainer, trainer_path)
     for name, value in (("--epochs", epochs), ("--iters-per-epoch", iters_per_epoch)):
         if value is not None and value < 1:
             raise AutosegError(f"{name} must be at least 1, got {value}")
