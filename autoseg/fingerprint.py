@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import zlib
 from pathlib import Path
@@ -27,7 +26,7 @@ import SimpleITK as sitk
 from autoseg.datasets import RawDataset
 from autoseg.io import geometry_of, read_sitk
 from autoseg.preprocessing.crop import crop_to_body, full_bbox, label_bboxes, union_bbox
-from autoseg.utils import load_json, save_json
+from autoseg.utils import load_json, parallel_map, save_json
 
 log = logging.getLogger(__name__)
 
@@ -242,28 +241,12 @@ def summarize(cases: list[dict], samples: np.ndarray, labels: dict[str, int],
 
 
 def _run_cases(ds: RawDataset, num_workers: int, progress: bool) -> tuple[list[dict], np.ndarray]:
-    from tqdm import tqdm
-
     jobs = [(c.case_id, c.images[0], c.label, sorted(ds.labels.values()), list(ds.tumour_labels)) for c in ds.cases]
     records: list[dict] = []
     samples: list[np.ndarray] = []
-    bar = tqdm(total=len(jobs), desc="fingerprint", unit="case", disable=not progress)
-    if num_workers <= 1 or len(jobs) <= 1:
-        results = map(_worker, jobs)
-        pool = None
-    else:
-        pool = mp.get_context("spawn").Pool(min(num_workers, len(jobs)))
-        results = pool.imap(_worker, jobs, chunksize=1)
-    try:
-        for rec, sample in results:
-            records.append(rec)
-            samples.append(sample)
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    for rec, sample in parallel_map(_worker, jobs, num_workers, "fingerprint", progress):
+        records.append(rec)
+        samples.append(sample)
     return records, np.concatenate(samples) if samples else np.zeros(0, np.float32)
 
 

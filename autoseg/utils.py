@@ -102,3 +102,31 @@ def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]) -> tuple[lis
         return sorted(set(vars(sys.modules[package])) | set(names))
 
     return names, __getattr__, __dir__
+
+
+def parallel_map(fn: Any, jobs: list, num_workers: int, desc: str, progress: bool = True, ordered: bool = True,
+                 initializer: Any = None, initargs: tuple = ()) -> Iterator[Any]:
+    """Yield ``fn(job)`` for every job, in ``num_workers`` spawned processes, with a progress bar.
+
+    Spawned (not forked) workers do not inherit the parent's torch/OpenMP thread pools; the pool is
+    torn down whatever happens, so an exception or Ctrl-C leaves no worker behind.
+    """
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    pool = None
+    if num_workers > 1 and len(jobs) > 1:
+        pool = mp.get_context("spawn").Pool(min(num_workers, len(jobs)), initializer=initializer, initargs=initargs)
+        results = (pool.imap if ordered else pool.imap_unordered)(fn, jobs, chunksize=1)
+    else:
+        results = map(fn, jobs)
+    with tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress) as bar:
+        try:
+            for r in results:
+                bar.update(1)
+                yield r
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import multiprocessing as mp
 import os
 import resource
 import time
@@ -31,6 +30,7 @@ from autoseg.preprocessing.crop import (BBox, bbox_of_mask, bbox_with_margin, cr
                                         label_bboxes, union_bbox)
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image, resample_labels
+from autoseg.utils import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -246,31 +246,14 @@ def preprocess_dataset(ds: RawDataset, plans: dict, folder: str | os.PathLike, s
                        device: str = "auto") -> list[dict]:
     """Preprocess every training case of ``ds`` with ``num_workers`` processes (spawned, one torch
     thread each), resuming where a previous run stopped."""
-    from tqdm import tqdm
-
     folder = Path(folder)
     planned = [s for s in STAGE_ORDER if s in plans["stages"] and (stages is None or s in stages)]
     removed = clean_temp_files(folder, planned)
     if removed:
         log.info("removed %d temp file(s) left by an interrupted run", removed)
     jobs = [(c, plans, folder, planned, force, device) for c in ds.cases]
-    results: list[dict] = []
-    bar = tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress)
-    pool = None
-    if num_workers > 1 and len(jobs) > 1:
-        pool = mp.get_context("spawn").Pool(min(num_workers, len(jobs)), initializer=init_worker, initargs=(1,))
-        it = pool.imap_unordered(_worker, jobs, chunksize=1)
-    else:
-        it = map(_worker, jobs)
-    try:
-        for r in it:
-            results.append(r)
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+    results = list(parallel_map(_worker, jobs, num_workers, "preprocess", progress, ordered=False,
+                                initializer=init_worker, initargs=(1,)))
     done = sum(1 for r in results if r["done"])
     log.info("preprocessed %d case(s), %d already complete, stages %s -> %s", done, len(results) - done,
              planned, folder)
