@@ -30,7 +30,7 @@ class DemoConfig:
     phantom_size: str = "small"
     planner: str = "CPUPlanner"
     # stage -> (epochs, iterations per epoch)
-    schedule: dict = field(default_factory=lambda: {"roi": (3, 25), "organ": (16, 25), "tumour": (10, 25)})
+    schedule: dict = field(default_factory=lambda: {"roi": (3, 25), "organ": (20, 25), "tumour": (10, 25)})
     trainer: str = "TrainerFast"
     num_workers: int = 2
 

@@ -117,7 +117,7 @@ def bench_trainer(folder: Path, workers: int, amp: bool, warmup: int, iters: int
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_training", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="medium", help=f"comma list of {', '.join(CONFIGS)}")
-    ap.add_argument("--iters", type=int, default=5, help="timed iterations per run")
+    ap.add_argument("--iters", type=int, default=5, help="timed iterations per run (0: loader only)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--workers", default="0,1", help="comma list of worker counts")
     ap.add_argument("--precision", default="amp,fp32", help="comma list of amp, fp32")
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
             entry["loader"].append(bench_loader(folder, w, a.loader_batches, a.device))
             print(f"{name}: loader, {w} workers: {entry['loader'][-1]['patches_per_s']:.2f} patches/s", flush=True)
         layouts = {"auto": None, "cl": True, "ncdhw": False}
-        for prec in a.precision.split(","):
+        for prec in a.precision.split(",") if a.iters > 0 else []:
             for lay in a.layout.split(","):
                 for w in workers:
                     r = bench_trainer(folder, w, prec == "amp", a.warmup, a.iters, a.device,

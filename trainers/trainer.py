@@ -55,7 +55,7 @@ class Trainer:
     save_every: int = 1
     seed: int = 12345
     loader_timeout_s: float = 600.0
-    channels_last: bool | None = None  # None: on where it pays (bf16 autocast on CPU)
+    channels_last: bool = False  # measured slower with bf16 on CPU (oneDNN reorders); opt-in
     validation_mirror_axes: tuple[int, ...] | None = None
     validation_tolerances: str = "flare22"
 
@@ -206,10 +206,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def use_channels_last(self) -> bool:
-        """oneDNN's bf16 convolutions work channels-last; feeding them NCDHW costs a reorder per conv."""
-        if self.channels_last is not None:
-            return bool(self.channels_last)
-        return self.device.type == "cpu" and self.amp_dtype == torch.bfloat16
+        """channels_last_3d memory format (opt-in: on our CPUs bf16 training measured ~5% slower with it)."""
+        return bool(self.channels_last)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         nb = self.device.type == "cuda"
