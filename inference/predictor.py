@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from autoseg import AutosegError
+from autoseg.devices import cpu_bf16_supported, resolve_device
 from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with_margin, crop_to_body
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
@@ -28,15 +29,6 @@ from inference.profiling import CaseProfile, MemorySampler
 from inference.sliding_window import iter_sliding_window, predict_sliding_window
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AutosegError("--device cuda requested but no CUDA device is available (use --device cpu)")
-    return dev
 
 
 def _use_amp(device: torch.device, precision: str) -> bool:
@@ -52,9 +44,7 @@ def _use_amp(device: torch.device, precision: str) -> bool:
         return True
     if precision == "fp16":
         raise AutosegError("fp16 inference needs CUDA; on CPU use bf16 or fp32")
-    cpu = getattr(torch, "cpu", None)
-    return bool(cpu is not None and (getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                                     or getattr(cpu, "_is_amx_tile_supported", lambda: False)()))
+    return cpu_bf16_supported()
 
 
 def _slices(box: BBox) -> tuple[slice, slice, slice]:

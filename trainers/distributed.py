@@ -54,23 +54,6 @@ def init_from_env(device: torch.device, timeout_s: float = 1800.0) -> bool:
     return True
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AutosegError("--device cuda requested but torch sees no CUDA device")
-    return dev
-
-
-def cpu_bf16_supported() -> bool:
-    """Native bf16 matrix units (AVX512-BF16/AMX) make CPU autocast ~2-4x faster for 3D convolutions."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def local_device(device: torch.device) -> torch.device:
     """On CUDA each rank drives the GPU its LOCAL_RANK names."""
     if device.type == "cuda" and is_distributed():

@@ -20,7 +20,7 @@ from autoseg.plans import load_plans
 from trainers import distributed as ddp
 from trainers.registry import find_trainer
 from trainers.splits import parse_fold
-from trainers.distributed import resolve_device
+from autoseg.devices import resolve_device
 
 
 @contextlib.contextmanager

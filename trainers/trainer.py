@@ -29,7 +29,7 @@ from autoseg.paths import results_root
 from autoseg.plans import num_outputs, stage_classes
 from autoseg.utils import seed_everything
 from trainers import distributed as ddp
-from trainers.distributed import cpu_bf16_supported, resolve_device
+from autoseg.devices import cpu_bf16_supported, resolve_device
 from trainers.checkpoint import load_checkpoint, load_pretrained, rng_state, save_checkpoint, set_rng_state
 from trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler, seed_process
 from trainers.progress import TrainingLog

@@ -30,6 +30,7 @@ from autoseg.preprocessing.crop import (BBox, bbox_of_mask, bbox_with_margin, cr
                                         label_bboxes, union_bbox)
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image, resample_labels
+from autoseg.devices import resolve_device
 from autoseg.utils import parallel_map
 
 log = logging.getLogger(__name__)
@@ -133,13 +134,6 @@ def class_locations(seg: np.ndarray, num_classes: int, seed: int) -> dict[str, l
             idx = np.sort(rng.choice(idx, MAX_LOCATIONS, replace=False))
         out[str(c)] = np.stack(np.unravel_index(idx, seg.shape), axis=1).tolist() if idx.size else []
     return out
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto``: the GPU when there is one (resampling there is ~50x faster), else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _resample_channels(imgs: list[np.ndarray], box: BBox, new_shape: list[int], aniso: bool, intensity: dict,
