@@ -22,6 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 OUR_TRAINER_DIR = Path(__file__).resolve().parent / "ours"
 OUR_TRAINER = "AutosegBenchTrainer"
 THEIR_TRAINER = peer_env.TRAINER_NAME
+# --quality: each tool trains one model with the same short recipe; each model then runs in both predictors
+OUR_QUALITY_TRAINER = "AutosegBenchFastTrainer"
+THEIR_QUALITY_TRAINER = "nnUNetTrainerAutosegBenchFast"
+SHARED_CHECKPOINT = "checkpoint_autoseg_weights.pth"  # autoseg's model in nnU-Net's checkpoint format
+FROM_NNUNET = "nnUNetWeights"  # autoseg results folder holding nnU-Net's model in autoseg's format
 BENCH_PLANS = "nnUNetPlansBench"        # nnU-Net plans identifier both trainings use (see write_bench_plans)
 MARKER_RE = re.compile(r"AUTOSEG_BENCH (\w+)=([-+0-9.eE]+)")
 OUR_PHASES_RE = re.compile(r"plan_and_preprocess \S+: verify ([0-9.]+)s, fingerprint ([0-9.]+)s, "
@@ -77,6 +82,15 @@ class Work:
         return self.root / "infer_input" / "labels"
 
     @property
+    def body_images(self) -> Path:
+        """--quality's control: the inference images cropped to autoseg's body box."""
+        return self.root / "infer_input" / "body_images"
+
+    @property
+    def body_labels(self) -> Path:
+        return self.root / "infer_input" / "body_labels"
+
+    @property
     def our_plans_file(self) -> Path:
         return self.root / "ours" / "plans_from_nnunet.json"
 
@@ -110,16 +124,17 @@ class Ours:
         return self._cli("plan_and_preprocess", "-t", str(self.task), "--plans", str(self.work.our_plans_file),
                          "-np", str(self.np), "--no-progress")
 
-    def train(self, iterations: int) -> list[str]:
-        return self._cli("run_training", "organ", OUR_TRAINER, str(self.task), "all", "--epochs", "1",
+    def train(self, iterations: int, epochs: int = 1, trainer: str = OUR_TRAINER) -> list[str]:
+        return self._cli("run_training", "organ", trainer, str(self.task), "all", "--epochs", str(epochs),
                          "--iters-per-epoch", str(iterations), "--device", self.device)
 
-    def clear_results(self, dataset: str) -> None:
-        shutil.rmtree(self.work.results(self.name) / dataset, ignore_errors=True)
+    def clear_results(self, dataset: str, trainer: str = OUR_TRAINER) -> None:
+        """Only this trainer's folder: --quality's model (another trainer) must survive the timing runs."""
+        shutil.rmtree(self.work.results(self.name) / dataset / "organ" / trainer, ignore_errors=True)
 
-    def predict(self, out_dir: Path, tta: bool) -> list[str]:
+    def predict(self, out_dir: Path, tta: bool, trainer: str = OUR_TRAINER) -> list[str]:
         cmd = self._cli("run_inference", "-i", str(self.work.infer_images), "-o", str(out_dir), "-t", str(self.task),
-                        "-tr", OUR_TRAINER, "-f", "all", "--device", self.device, "--profile")
+                        "-tr", trainer, "-f", "all", "--device", self.device, "--profile")
         return cmd + (["--tta"] if tta else [])
 
 
@@ -147,18 +162,37 @@ class Theirs:
         return [str(peer_env.peer_python(self.venv)), str(peer_env.PEER_DIR / "timed_plan_and_preprocess.py"),
                 "-d", str(self.task), "-c", "3d_fullres", "-np", str(self.np)]
 
-    def train(self) -> list[str]:
+    def preprocess_bench_plans(self) -> list[str]:
+        """nnU-Net's own preprocessing for the bench plans (needed when they change the spacing)."""
+        return [str(peer_env.peer_bin(self.venv, "nnUNetv2_preprocess")), "-d", str(self.task), "-plans_name",
+                BENCH_PLANS, "-c", "3d_fullres", "-np", str(self.np)]
+
+    def train(self, trainer: str = THEIR_TRAINER) -> list[str]:
+        """Epochs and iterations come from the environment (``env``; ``quality_env`` for --quality)."""
         return [str(peer_env.peer_bin(self.venv, "nnUNetv2_train")), str(self.task), "3d_fullres", "all",
-                "-tr", THEIR_TRAINER, "-p", BENCH_PLANS, "-device", self.device]
+                "-tr", trainer, "-p", BENCH_PLANS, "-device", self.device]
 
-    def clear_results(self, dataset: str) -> None:
-        shutil.rmtree(self.work.results(self.name) / dataset, ignore_errors=True)
+    def clear_results(self, dataset: str, trainer: str = THEIR_TRAINER) -> None:
+        """Only this trainer's folder: --quality's model (another trainer) must survive the timing runs."""
+        shutil.rmtree(self.work.results(self.name) / dataset / f"{trainer}__{BENCH_PLANS}__3d_fullres",
+                      ignore_errors=True)
 
-    def predict(self, out_dir: Path, tta: bool) -> list[str]:
-        cmd = [str(peer_env.peer_bin(self.venv, "nnUNetv2_predict")), "-i", str(self.work.infer_images),
+    @staticmethod
+    def quality_env(epochs: int, iterations: int) -> dict[str, str]:
+        return {"AUTOSEG_BENCH_EPOCHS": str(epochs), "AUTOSEG_BENCH_ITERS": str(iterations)}
+
+    def predict(self, out_dir: Path, tta: bool, checkpoint: str | None = None,
+                trainer: str = THEIR_TRAINER, images: Path | None = None) -> list[str]:
+        cmd = [str(peer_env.peer_bin(self.venv, "nnUNetv2_predict")), "-i", str(images or self.work.infer_images),
                "-o", str(out_dir), "-d", str(self.task), "-c", "3d_fullres", "-p", BENCH_PLANS,
-               "-tr", THEIR_TRAINER, "-f", "all", "-device", self.device]
-        return cmd + ([] if tta else ["--disable_tta"])
+               "-tr", trainer, "-f", "all", "-device", self.device]
+        return cmd + ([] if tta else ["--disable_tta"]) + (["-chk", checkpoint] if checkpoint else [])
+
+    def shared_weights(self, source: Path, template: Path, bench_plans: Path, out: Path,
+                       reverse: bool = False) -> list[str]:
+        """Convert one tool's trained weights into the other's checkpoint (see peer/shared_weights.py)."""
+        return [str(peer_env.peer_python(self.venv)), str(peer_env.PEER_DIR / "shared_weights.py"),
+                *(["--reverse"] if reverse else []), str(source), str(template), str(bench_plans), str(out)]
 
     def parameter_count_cmd(self, plans_file: Path, num_classes: int) -> list[str]:
         code = ("import json,sys\n"
@@ -186,17 +220,33 @@ def capped_patch(patch: list[int], strides: list[list[int]], cap: list[int] | No
     return [int(min(p, max(s, (c // s) * s))) for p, c, s in zip(patch, cap, stride)]
 
 
-def write_bench_plans(pre_dataset: Path, patch_cap: list[int] | None) -> dict:
-    """Copy nnU-Net's ``nnUNetPlans.json`` to ``nnUNetPlansBench.json``, optionally with a smaller
-    3d_fullres patch (``--quick``), reusing the same preprocessed data folder. Both tools train and
-    predict with this configuration, so their work stays equal. Returns the bench plans."""
+def write_bench_plans(pre_dataset: Path, patch_cap: list[int] | None, features_scale: float | None = None,
+                      spacing: list[float] | None = None) -> dict:
+    """Copy nnU-Net's ``nnUNetPlans.json`` to ``nnUNetPlansBench.json`` with optional reductions that keep a
+    CPU run affordable: a smaller 3d_fullres patch (``--quick``), every stage's features times
+    ``features_scale`` and another target ``spacing`` (``--quality``). Both tools train and predict with this
+    configuration, so their work stays equal. Unless the spacing changes, nnU-Net's preprocessed data
+    folder is reused; a new spacing gets its own data identifier (see :func:`needs_own_preprocessing`).
+    Returns the bench plans."""
     plans = json.loads((pre_dataset / "nnUNetPlans.json").read_text())
     plans["plans_name"] = BENCH_PLANS
     cfg = plans["configurations"]["3d_fullres"]
-    strides = cfg["architecture"]["arch_kwargs"]["strides"]
-    cfg["patch_size"] = capped_patch(cfg["patch_size"], strides, patch_cap)
+    kw = cfg["architecture"]["arch_kwargs"]
+    cfg["patch_size"] = capped_patch(cfg["patch_size"], kw["strides"], patch_cap)
+    if features_scale and features_scale != 1:
+        kw["features_per_stage"] = [max(4, int(round(f * features_scale))) for f in kw["features_per_stage"]]
+    if spacing:
+        cfg["spacing"] = [float(s) for s in spacing]
+        cfg["data_identifier"] = f"{BENCH_PLANS}_3d_fullres"
     (pre_dataset / f"{BENCH_PLANS}.json").write_text(json.dumps(plans, indent=2))
     return plans
+
+
+def needs_own_preprocessing(pre_dataset: Path, bench_plans: dict) -> bool:
+    """True when the bench plans read a data folder nnU-Net has not written yet (a changed spacing)."""
+    ident = bench_plans["configurations"]["3d_fullres"]["data_identifier"]
+    folder = pre_dataset / ident
+    return not folder.is_dir() or not any(folder.iterdir())
 
 
 def find_dataset(root: Path, task: int) -> Path:

@@ -90,6 +90,24 @@ def prepare_inference_input(dataset: Path, images_dir: Path, labels_dir: Path, n
     return ids
 
 
+def body_cropped_copy(images_dir: Path, labels_dir: Path, out_images: Path, out_labels: Path) -> None:
+    """Every image (and its label) cropped to the box autoseg's predictor crops to before its sliding
+    window (``crop_to_body``), geometry kept: nnU-Net given this input sees what autoseg's network sees."""
+    from autoseg.preprocessing.crop import crop_to_body
+
+    for d in (out_images, out_labels):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+    for img_path in sorted(images_dir.iterdir()):
+        img = sitk.ReadImage(str(img_path))
+        win = [tuple(b) for b in crop_to_body(sitk.GetArrayViewFromImage(img))]
+        sitk.WriteImage(_crop(img, win), str(out_images / img_path.name), useCompression=True)
+        lab_path = labels_dir / img_path.name.replace("_0000", "", 1)
+        if lab_path.is_file():
+            sitk.WriteImage(_crop(sitk.ReadImage(str(lab_path)), win), str(out_labels / lab_path.name),
+                            useCompression=True)
+
+
 def image_shapes(images_dir: Path) -> list[tuple[int, ...]]:
     """(z, y, x) voxel shape of every image in ``images_dir`` (for the report)."""
     out = []

@@ -14,47 +14,15 @@ from typing import TYPE_CHECKING
 from benchmarks import harness, inputs
 from benchmarks.measure import Measurement, run_measured
 from benchmarks.nnunet_plans import autoseg_plans_from_nnunet, describe
-from benchmarks.report import (OURS, THEIRS, Report, Row, git_commit, load_average, machine_info, now_utc,
+from benchmarks.report import (OURS, THEIRS, Report, git_commit, load_average, machine_info, now_utc,
                                shell_join)
+from benchmarks.rows import WeightSet, rows
 
 if TYPE_CHECKING:
     from benchmarks.run import Settings
 
 log = logging.getLogger("benchmarks")
 STAGES = ("preprocess", "train", "infer")
-
-
-def rows(quick: bool, their_tta: bool) -> list[Row]:
-    skipped = "not run in --quick" if quick else "not run (--stages or failure)"
-    tta_note = skipped if not their_tta else "not measured"
-    dsc = "few-iteration models: shows both run end to end, not model quality"
-    return [
-        Row("preprocess", "wall_s", "plan_and_preprocess, whole command", "s"),
-        Row("preprocess", "analysis_s", "verify + fingerprint + plan", "s"),
-        Row("preprocess", "per_case_s", "preprocessing per case", "s"),
-        Row("preprocess", "peak_rss_mb", "peak RSS, process tree (sum)", "MB", digits=0),
-        Row("preprocess", "peak_pss_mb", "peak PSS, process tree (sum)", "MB", digits=0),
-        Row("train", "iters_per_s", "training iterations per second", "it/s", better="higher", digits=4),
-        Row("train", "iter_s", "seconds per training iteration", "s"),
-        Row("train", "wall_s", "training command, whole (incl. start-up)", "s"),
-        Row("train", "peak_rss_mb", "peak RSS, process tree (sum)", "MB", digits=0),
-        Row("train", "peak_pss_mb", "peak PSS, process tree (sum)", "MB", digits=0),
-        Row("train", "peak_gpu_mb", "peak GPU memory (nvidia-smi)", "MB", digits=0, note="CPU run"),
-        Row("infer, TTA off", "per_case_s", "wall time per case (command incl. start-up / cases)", "s"),
-        Row("infer, TTA off", "profile_case_s", "per case, tool's own timer (excl. start-up)", "s",
-            note="nnU-Net logs no per-case time"),
-        Row("infer, TTA off", "peak_rss_mb", "peak RSS, process tree (sum)", "MB", digits=0),
-        Row("infer, TTA off", "peak_pss_mb", "peak PSS, process tree (sum)", "MB", digits=0),
-        Row("infer, TTA off", "peak_gpu_mb", "peak GPU memory (nvidia-smi)", "MB", digits=0, note="CPU run"),
-        Row("infer, TTA off", "dsc", "mean DSC vs ground truth", "", better="higher", digits=3, reading=dsc),
-        Row("infer, defaults", "per_case_s", "wall time per case (ours: TTA off; nnU-Net: 8-mirror TTA)", "s",
-            note=tta_note),
-        Row("infer, defaults", "peak_rss_mb", "peak RSS, process tree (sum)", "MB", digits=0, note=tta_note),
-        Row("infer, defaults", "dsc", "mean DSC vs ground truth", "", better="higher", digits=3, note=tta_note,
-            reading=dsc),
-    ]
-
-
 class Bench:
     """One harness run: owns the settings, the two tools, the report and the list of failures."""
 
@@ -69,14 +37,20 @@ class Bench:
         self.failures: list[str] = []
         self.foreign: list[float] = []  # per command: mean number of other running processes
         self.dataset = ""
-        self.report = Report(title="autoseg vs nnU-Net v2.8.1, side by side", rows=rows(s.quick, s.their_default_tta))
+        self.report = Report(title=self.title, rows=self.report_rows())
         self.report.meta.update({"date": now_utc(), "machine": machine_info(), "commit": git_commit(harness.REPO),
                                  "mode": s.describe(),
-                                 "regenerate": "`python -m benchmarks.run" + (" --quick" if s.quick else "") + "`"})
+                                 "regenerate": "`python -m benchmarks.run" + ("" if s.mode == "full" else " " + s.mode)
+                                               + "`"})
+
+    title = "autoseg vs nnU-Net v2.8.1, side by side"
+
+    def report_rows(self) -> list:
+        return rows(self.s.quick, self.s.their_default_tta, [WeightSet()])
 
     # ----- running one command ---------------------------------------------------------------------------
-    def measure(self, tool, cmd: list[str], tag: str) -> Measurement | None:
-        env_extra = tool.env() if tool is not None else {}
+    def measure(self, tool, cmd: list[str], tag: str, env: dict[str, str] | None = None) -> Measurement | None:
+        env_extra = {**(tool.env() if tool is not None else {}), **(env or {})}
         log_path = self.work.logs / f"{tag}.log"
         line = self.portable(shell_join(cmd, env_extra))
         if line not in self.report.commands:
@@ -206,7 +180,10 @@ class Bench:
     def write_shared_plans(self) -> None:
         """nnU-Net's plan -> nnUNetPlansBench.json (maybe capped patch) -> autoseg plans file."""
         pre = self._pre_dir(THEIRS)
-        bench = harness.write_bench_plans(pre, self.s.patch_cap)
+        bench = harness.write_bench_plans(pre, self.s.patch_cap, self.s.features_scale, self.s.spacing)
+        if harness.needs_own_preprocessing(pre, bench):
+            if self.measure(self.theirs, self.theirs.preprocess_bench_plans(), "preprocess_bench_plans_theirs") is None:
+                raise SystemExit("nnU-Net preprocessing for the bench plans failed; see the log above")
         dataset_json = json.loads((self.raw_dataset / "dataset.json").read_text())
         ours = autoseg_plans_from_nnunet(bench, dataset_json, "3d_fullres", self.dataset)
         self.work.our_plans_file.parent.mkdir(parents=True, exist_ok=True)
@@ -236,22 +213,27 @@ class Bench:
         plans = getattr(self, "shared_plans", None)
         if plans is None:
             return
-        cap = f" (nnU-Net's patch capped to {self.s.patch_cap} for --quick)" if self.s.patch_cap else ""
+        s = self.s
+        changes = [f"patch capped to {s.patch_cap}"] if s.patch_cap else []
+        changes += [f"features x{s.features_scale}"] if s.features_scale and s.features_scale != 1 else []
+        changes += [f"spacing {s.spacing} mm, preprocessed again by nnU-Net"] if s.spacing else []
+        cap = f" (for {s.mode}: {', '.join(changes)})" if changes else ""
         self.report.setup.append(f"nnU-Net's 3d_fullres plan, given to both tools{cap}: {describe(plans)}; "
                                  f"{plans['stages']['organ']['network']['kernel_sizes']} kernels, strides "
                                  f"{plans['stages']['organ']['network']['strides']}")
-        self.report.setup.append(f"preprocessing: `-np {self.s.num_workers}` worker processes for both; nnU-Net "
+        self.report.setup.append(f"preprocessing: `-np {s.num_workers}` worker processes for both; nnU-Net "
                                  f"runs its planner, autoseg reads the translated plans file "
-                                 f"(`--plans`, its planner is skipped); per-case time = each tool's own "
-                                 f"preprocessing-phase time / {self.s.n_train} cases")
+                                 f"(`--plans`, its planner is skipped)"
+                                 + (f"; per-case time = each tool's own preprocessing-phase time / {s.n_train} cases"
+                                    if "preprocess" in s.stages else ""))
 
     # ----- stage 2: training throughput ------------------------------------------------------------------------
-    def _checkpoint(self, tool: str) -> Path:
+    def _checkpoint(self, tool: str, trainer: str | None = None, name: str = "checkpoint_final.pth") -> Path:
         if tool == OURS:
-            return (self.work.results(OURS) / self.dataset / "organ" / harness.OUR_TRAINER / "fold_all"
+            return (self.work.results(OURS) / self.dataset / "organ" / (trainer or harness.OUR_TRAINER) / "fold_all"
                     / "checkpoint_final.pt")
-        return (self.work.results(THEIRS) / self.dataset / f"{harness.THEIR_TRAINER}__{harness.BENCH_PLANS}__3d_fullres"
-                / "fold_all" / "checkpoint_final.pth")
+        return (self.work.results(THEIRS) / self.dataset
+                / f"{trainer or harness.THEIR_TRAINER}__{harness.BENCH_PLANS}__3d_fullres" / "fold_all" / name)
 
     def _train(self, tool, repeat: int, record: bool) -> None:
         tool.clear_results(self.dataset)
@@ -310,48 +292,73 @@ class Bench:
         return counts[0], counts[1]
 
     # ----- stage 3: inference + agreement with the ground truth ----------------------------------------------
-    def _dsc(self, pred_dir: Path) -> float | None:
-        if not any(self.work.infer_labels.iterdir()):
-            return None
+    def _dsc(self, pred_dir: Path, labels: Path | None = None) -> tuple[float | None, float | None]:
+        """(mean DSC over all labels, mean over organ labels: those not in dataset.json's tumour_labels)."""
+        labels = labels or self.work.infer_labels
+        if not any(labels.iterdir()):
+            return None, None
         out = pred_dir / "evaluation"
-        cmd = [sys.executable, "-m", "autoseg", "evaluate", "-g", str(self.work.infer_labels), "-p", str(pred_dir),
-               "-o", str(out), "--labels", str(self.raw_dataset / "dataset.json"), "--no-progress"]
+        dataset_json = self.raw_dataset / "dataset.json"
+        cmd = [sys.executable, "-m", "autoseg", "evaluate", "-g", str(labels), "-p", str(pred_dir),
+               "-o", str(out), "--labels", str(dataset_json), "--no-progress"]
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=harness.REPO)
         summary = out / "summary.json"
         if res.returncode != 0 or not summary.is_file():
             self.failures.append(f"evaluate {pred_dir}: rc={res.returncode}: {res.stderr.strip()[-300:]}")
-            return None
-        return json.loads(summary.read_text())["mean"]["dsc"]
+            return None, None
+        summ = json.loads(summary.read_text())
+        tumours = set(json.loads(dataset_json.read_text()).get("tumour_labels", []))
+        organs = [c["dsc"]["mean"] for name, c in summ["per_class"].items()
+                  if name not in tumours and c["dsc"]["mean"] is not None]
+        return summ["mean"]["dsc"], (statistics.fmean(organs) if organs else None)
 
-    def _infer(self, tool, variant: str, stage: str, tta: bool, repeat: int) -> None:
-        out = self.work.predictions(tool.name, variant, repeat)
+    def _infer(self, tool, ws: "WeightSet", variant: str, tta: bool, repeat: int) -> None:
+        stage = f"infer, {'defaults' if variant == 'default' else 'TTA off'}{ws.suffix}"
+        out = self.work.predictions(tool.name, variant + ws.tag, repeat)
         shutil.rmtree(out, ignore_errors=True)
-        m = self.measure(tool, tool.predict(out, tta), f"infer_{variant}_{repeat}_{tool.name}")
+        cmd = self.ours.predict(out, tta, ws.our_trainer) if tool is self.ours else \
+            self.theirs.predict(out, tta, ws.their_checkpoint, ws.their_trainer)
+        m = self.measure(tool, cmd, f"infer_{variant}{ws.tag}_{repeat}_{tool.name}")
         if m is None:
             return
         self.record_common(stage, tool.name, m, repeat)
         self.report.add(stage, "per_case_s", tool.name, m.wall_s / max(1, len(self.case_ids)), repeat)
-        self.report.add(stage, "dsc", tool.name, self._dsc(out), repeat)
+        dsc, organ_dsc = self._dsc(out)
+        self.report.add(stage, "dsc", tool.name, dsc, repeat)
+        self.report.add(stage, "organ_dsc", tool.name, organ_dsc, repeat)
         profile = out / "profile.json"
         if profile.is_file():  # autoseg --profile: per-case totals, start-up excluded
             cases = json.loads(profile.read_text()).get("cases", {})
             totals = [c["total"] for c in cases.values() if isinstance(c, dict) and "total" in c]
             self.report.add(stage, "profile_case_s", tool.name, statistics.median(totals) if totals else None, repeat)
 
-    def stage_infer(self) -> None:
+    def weight_sets(self) -> list["WeightSet"]:
+        """The models to predict with: here each tool's own few-iteration checkpoint of stage 2."""
+        return [WeightSet()]
+
+    def prepare_inference(self) -> bool:
         for name in (OURS, THEIRS):
             if not self._checkpoint(name).is_file():
                 self.failures.append(f"infer ({name}): no trained checkpoint at {self._checkpoint(name)}")
-        for r in range(self.s.repeats_infer):
-            for tool in (self.ours, self.theirs):
-                self._infer(tool, "notta", "infer, TTA off", False, r)
-        # autoseg's default inference is TTA off: the same command, so its samples serve both rows
-        for smp in [x for x in self.report.samples if x.stage == "infer, TTA off" and x.tool == OURS]:
-            self.report.add("infer, defaults", smp.metric, OURS, smp.value, smp.repeat)
-        if self.s.their_default_tta:
-            self._infer(self.theirs, "default", "infer, defaults", True, 0)
+        return True
+
+    def inference_models_text(self) -> str:
+        return ("checkpoint of the training stage (few iterations: DSC shows that both pipelines run end to end and "
+                "write correct geometry, not model quality)")
+
+    def stage_infer(self) -> None:
+        if not self.prepare_inference():
+            return
+        for ws in self.weight_sets():
+            for r in range(self.s.repeats_infer):
+                for tool in (self.ours, self.theirs):
+                    self._infer(tool, ws, "notta", False, r)
+            # autoseg's default inference is TTA off: the same command, so its samples serve both rows
+            for smp in [x for x in self.report.samples if x.stage == f"infer, TTA off{ws.suffix}" and x.tool == OURS]:
+                self.report.add(f"infer, defaults{ws.suffix}", smp.metric, OURS, smp.value, smp.repeat)
+            if self.s.their_default_tta:
+                self._infer(self.theirs, ws, "default", True, 0)
         self.report.setup.append(
-            "inference: checkpoint of the training stage (few iterations: DSC shows that both pipelines run end "
-            "to end and write correct geometry, not model quality); autoseg `--profile` on, nnU-Net with its default "
+            f"inference: {self.inference_models_text()}; autoseg `--profile` on, nnU-Net with its default "
             "worker counts; per-case time = whole command wall time / cases, so it includes start-up and model "
             "loading; DSC by `autoseg evaluate` (one metric implementation for both)")

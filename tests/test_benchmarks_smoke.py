@@ -73,6 +73,7 @@ def _nnunet_plans(patch=(32, 96, 96)) -> dict:
                                                                   "percentile_00_5": 30.2, "percentile_99_5": 150.7}},
             "configurations": {"3d_fullres": {"batch_size": 2, "patch_size": list(patch),
                                               "spacing": [2.5, 0.8, 0.8], "normalization_schemes": ["CTNormalization"],
+                                              "data_identifier": "nnUNetPlans_3d_fullres",
                                               "architecture": arch},
                                "3d_big": {"inherits_from": "3d_fullres", "patch_size": [64, 128, 128]}}}
 
@@ -111,6 +112,17 @@ def test_capped_patch_and_bench_plans(tmp_path):
     bench = harness.write_bench_plans(tmp_path, [32, 96, 96])
     saved = json.loads((tmp_path / f"{harness.BENCH_PLANS}.json").read_text())
     assert saved == bench and bench["configurations"]["3d_fullres"]["patch_size"] == [32, 96, 96]
+    assert harness.needs_own_preprocessing(tmp_path, bench)  # no data folder yet: nnU-Net must preprocess
+    # --quality: thinner network and another spacing get their own data identifier, to be preprocessed
+    (tmp_path / "nnUNetPlans_3d_fullres").mkdir()
+    (tmp_path / "nnUNetPlans_3d_fullres" / "c1.npz").write_bytes(b"")
+    thin = harness.write_bench_plans(tmp_path, [32, 64, 64], 0.5, [4.0, 2.0, 2.0])
+    cfg = thin["configurations"]["3d_fullres"]
+    assert cfg["spacing"] == [4.0, 2.0, 2.0] and cfg["patch_size"] == [32, 64, 64]
+    base = _nnunet_plans((80, 160, 160))["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    assert cfg["architecture"]["arch_kwargs"]["features_per_stage"] == [f // 2 for f in base["features_per_stage"]]
+    assert cfg["data_identifier"] != "nnUNetPlans_3d_fullres" and harness.needs_own_preprocessing(tmp_path, thin)
+    assert not harness.needs_own_preprocessing(tmp_path, bench)  # same spacing: nnU-Net's data is reused
 
 
 def test_inference_input_crop_keeps_geometry(tmp_path):
@@ -161,7 +173,7 @@ def test_peer_env_paths_and_stub_source():
 
 def test_quick_preset_and_stage_rows():
     from benchmarks.run import parse_args
-    from benchmarks.stages import rows
+    from benchmarks.rows import WeightSet, rows
 
     s = parse_args(["--quick", "--stages", "train,infer", "--work", "/tmp/x", "--repeats", "3"])
     assert s.quick and s.stages == ["train", "infer"] and s.size == "small" and s.patch_cap == [32, 96, 96]
@@ -169,7 +181,19 @@ def test_quick_preset_and_stage_rows():
     assert s.their_default_tta and s.infer_cases <= s.n_test
     with pytest.raises(SystemExit):
         parse_args(["--stages", "nonsense"])
-    quick_rows = rows(True, False)
+    q = parse_args(["--quality"])
+    assert q.quality and q.stages == ["train", "infer"] and q.quality_epochs * q.quality_iters >= 500
+    assert q.spacing and q.output.name == "RESULTS_trained.md" and q.work != s.work
+    with pytest.raises(SystemExit):  # preprocessing times would compare different spacings
+        parse_args(["--quality", "--stages", "preprocess,train"])
+    with pytest.raises(SystemExit):
+        parse_args(["--quick", "--quality"])
+    two = [WeightSet(", model A", "_a", reading="A in both"), WeightSet(", model B", "_b", reading="B in both")]
+    qrows = rows(False, True, two, preprocess=False)
+    assert {r.stage for r in qrows} == {"train", "infer, TTA off, model A", "infer, defaults, model A",
+                                        "infer, TTA off, model B", "infer, defaults, model B"}
+    assert {r.reading for r in qrows if r.metric == "organ_dsc"} == {"A in both", "B in both"}
+    quick_rows = rows(True, False, [WeightSet()])
     assert any(r.note == "not run in --quick" and r.stage == "infer, defaults" for r in quick_rows)
     assert {r.stage for r in quick_rows} >= {"preprocess", "train", "infer, TTA off"}
 
@@ -212,3 +236,106 @@ def test_report_survives_a_json_round_trip():
     again = from_json(json.loads(json.dumps(to_json(rep))))
     assert render(again) == render(rep)
     assert "| 2.000 | higher | not a quality test |" in render(rep)
+
+
+def test_shared_weights_name_map_covers_every_autoseg_tensor():
+    """Every parameter of nnU-Net's PlainConvUNet (names as dynamic_network_architectures builds them)
+    maps onto exactly one autoseg tensor of the same topology, or is a bias autoseg lacks (zeroed)."""
+    from autoseg.networks import build_network
+    from benchmarks.nnunet_plans import network_from_arch
+    from benchmarks.peer.shared_weights import our_name
+
+    arch = _nnunet_plans()["configurations"]["3d_fullres"]["architecture"]
+    n = arch["arch_kwargs"]["n_stages"]
+    theirs = []
+    for i in range(n):
+        for k in range(2):
+            theirs += [f"encoder.stages.{i}.0.convs.{k}.{op}.{kind}" for op in ("conv", "norm")
+                       for kind in ("weight", "bias")]
+    for j in range(n - 1):
+        theirs += [f"decoder.transpconvs.{j}.weight", f"decoder.transpconvs.{j}.bias",
+                   f"decoder.seg_layers.{j}.weight", f"decoder.seg_layers.{j}.bias"]
+        for k in range(2):
+            theirs += [f"decoder.stages.{j}.convs.{k}.{op}.{kind}" for op in ("conv", "norm")
+                       for kind in ("weight", "bias")]
+    mapped = [our_name(name, n) for name in theirs]
+    ours = build_network(network_from_arch(arch), 1, 3, deep_supervision=True)
+    shapes = {k: tuple(v.shape) for k, v in ours.named_parameters()}
+    real = [m for m in mapped if m is not None]
+    assert sorted(real) == sorted(shapes) and len(set(real)) == len(real)
+    zeroed = [t for t, m in zip(theirs, mapped) if m is None]
+    assert all(z.endswith(".bias") and (".conv." in z or "transpconvs" in z) for z in zeroed)
+    # the deepest decoder stage (j = 0) works at level n-2, the last one at full resolution
+    assert our_name("decoder.seg_layers.0.weight", n) == f"seg_heads.{n - 2}.weight"
+    assert shapes[our_name(f"decoder.seg_layers.{n - 2}.weight", n)][1] == arch["arch_kwargs"]["features_per_stage"][0]
+    with pytest.raises(SystemExit):
+        our_name("decoder.something_new.weight", n)
+
+
+def test_timing_runs_clear_only_their_own_trainer(tmp_path):
+    """The few-iteration timing runs restart from scratch, but --quality's models (another trainer,
+    trained once beforehand) must survive them in both tools' results folders."""
+    work = harness.Work(tmp_path)
+    ours = harness.Ours(work, 501, "cpu", 1)
+    theirs = harness.Theirs(work, 501, "cpu", 1, tmp_path / "venv")
+    keep = [work.results(OURS) / "D" / "organ" / harness.OUR_QUALITY_TRAINER / "fold_all",
+            work.results(THEIRS) / "D" / f"{harness.THEIR_QUALITY_TRAINER}__{harness.BENCH_PLANS}__3d_fullres"]
+    gone = [work.results(OURS) / "D" / "organ" / harness.OUR_TRAINER / "fold_all",
+            work.results(THEIRS) / "D" / f"{harness.THEIR_TRAINER}__{harness.BENCH_PLANS}__3d_fullres"]
+    for d in keep + gone:
+        d.mkdir(parents=True)
+    ours.clear_results("D")
+    theirs.clear_results("D")
+    assert all(d.is_dir() for d in keep) and not any(d.exists() for d in gone)
+
+
+def test_nnunet_checkpoint_loads_weights_only(tmp_path):
+    """nnU-Net's checkpoints log numpy scalars: they load with weights_only=True, nothing else is allowed."""
+    import torch
+
+    from benchmarks.peer.shared_weights import load_nnunet_checkpoint
+
+    good = tmp_path / "good.pth"
+    torch.save({"network_weights": {"w": torch.ones(2)}, "logging": {"dice": [np.float64(0.5), np.float32(1)]},
+                "init_args": {"fold": "all", "device": torch.device("cpu")}}, good)
+    ckpt = load_nnunet_checkpoint(str(good))
+    assert float(ckpt["logging"]["dice"][0]) == 0.5 and torch.equal(ckpt["network_weights"]["w"], torch.ones(2))
+    bad = tmp_path / "bad.pth"
+    torch.save({"callable": textwrap.dedent}, bad)  # an arbitrary global must still be refused
+    with pytest.raises(Exception, match="(?i)weights only"):
+        load_nnunet_checkpoint(str(bad))
+
+
+def test_body_cropped_copy_matches_the_predictors_crop(tmp_path):
+    """--quality's control gives nnU-Net the box autoseg's predictor crops to, with geometry kept."""
+    from autoseg.preprocessing.crop import crop_to_body
+
+    arr = np.full((12, 40, 48), -1000, np.int16)
+    arr[2:10, 8:30, 10:40] = 40  # the "patient"
+    lab = np.zeros_like(arr, dtype=np.uint8)
+    lab[4:6, 12:20, 20:30] = 1
+    for d, name, a in ((tmp_path / "im", "c1_0000.nii.gz", arr), (tmp_path / "lab", "c1.nii.gz", lab)):
+        d.mkdir()
+        img = sitk.GetImageFromArray(a)
+        img.SetSpacing((0.8, 0.9, 2.5))
+        img.SetOrigin((10.0, -5.0, 3.0))
+        sitk.WriteImage(img, str(d / name))
+    inputs.body_cropped_copy(tmp_path / "im", tmp_path / "lab", tmp_path / "bim", tmp_path / "blab")
+    box = crop_to_body(arr)
+    assert inputs.image_shapes(tmp_path / "bim") == [tuple(hi - lo for lo, hi in box)]
+    out = sitk.ReadImage(str(tmp_path / "blab" / "c1.nii.gz"))
+    assert sitk.GetArrayFromImage(out).sum() == lab.sum()
+    assert out.GetOrigin() == pytest.approx((10.0 + box[2][0] * 0.8, -5.0 + box[1][0] * 0.9, 3.0 + box[0][0] * 2.5))
+
+
+def test_per_class_line_reads_both_summaries(tmp_path):
+    from benchmarks.quality import per_class_line
+
+    for tool, dsc in (("a", 0.9), ("b", 0.8)):
+        (tmp_path / tool).mkdir()
+        (tmp_path / tool / "summary.json").write_text(json.dumps({"per_class": {
+            "liver": {"dsc": {"mean": dsc}, "hd95": {"mean": 3.0}}, "tumour": {"dsc": {"mean": 0.0}, "hd95": {}}}}))
+    line = per_class_line(tmp_path / "a", tmp_path / "b")
+    assert line == ("ours / nnU-Net: liver DSC 0.900 / 0.800, HD95 3.0 / 3.0 mm; "
+                    "tumour DSC 0.000 / 0.000, HD95 – / – mm")
+    assert per_class_line(tmp_path / "a", tmp_path / "missing") is None

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from trainers.fast import TrainerFast
 from trainers.trainer import Trainer
 
 
@@ -39,3 +40,9 @@ class AutosegBenchTrainer(Trainer):
 
     def final_validation(self) -> None:
         self.write_log("autoseg bench: final validation skipped (timing run)")
+
+
+class AutosegBenchFastTrainer(AutosegBenchTrainer, TrainerFast):
+    """``--quality``'s model: TrainerFast's recipe (AdamW, more foreground patches), which learns every
+    organ in a few hundred CPU iterations where SGD learns the liver only; timed and cut short like
+    its parent. Its weights are given to both predictors (``benchmarks/peer/shared_weights.py``)."""

@@ -44,3 +44,31 @@ class nnUNetTrainerAutosegBench(nnUNetTrainer):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("autoseg bench: final validation skipped (timing run)")
+
+
+class nnUNetTrainerAutosegBenchFast(nnUNetTrainerAutosegBench):
+    """``--quality``'s nnU-Net model: nnU-Net's pipeline with the short-schedule recipe of autoseg's
+    TrainerFast (AdamW 3e-3, weight decay 1e-4, poly decay, half the patches on foreground), which
+    learns every organ in a few hundred CPU iterations where the default SGD learns the liver only.
+    The transposed convolutions' biases are fixed at zero so that the trained weights are exactly
+    expressible in autoseg's U-Net (``benchmarks/peer/shared_weights.py --reverse``); the conv biases
+    before instance normalisation need nothing (the normalisation removes them)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 3e-3
+        self.weight_decay = 1e-4
+        self.oversample_foreground_percent = 0.5
+
+    def configure_optimizers(self):
+        from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+        for m in self.network.modules():
+            if isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)) and m.bias is not None:
+                with torch.no_grad():
+                    m.bias.zero_()
+                m.bias.requires_grad_(False)
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
