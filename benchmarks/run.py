@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small run: < 15 min on 2 CPU cores")
     mode.add_argument("--quality", action="store_true",
-                      help="each tool's trained model through both predictors: speed and DSC (~45 min, 2 cores)")
+                      help="each tool's trained model through both predictors: speed and DSC (~35 min, 2 cores)")
     ap.add_argument("--stages", default=None, help=f"comma list of {', '.join(STAGES)} (default all; "
                                                    f"--quality: train,infer)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default bench_work/side_by_side)")

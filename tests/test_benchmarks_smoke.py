@@ -7,6 +7,7 @@ the inference-input crop and the markdown table.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 
@@ -339,3 +340,21 @@ def test_per_class_line_reads_both_summaries(tmp_path):
     assert line == ("ours / nnU-Net: liver DSC 0.900 / 0.800, HD95 3.0 / 3.0 mm; "
                     "tumour DSC 0.000 / 0.000, HD95 – / – mm")
     assert per_class_line(tmp_path / "a", tmp_path / "missing") is None
+
+
+def test_gpu_memory_is_sampled_through_nvidia_smi(tmp_path, monkeypatch):
+    """Stage 4's GPU column on a machine without a GPU: a stand-in nvidia-smi reports 300 MB for every
+    process; the sampler must sum it over the measured tree only and keep the peak."""
+    from benchmarks.measure import gpu_memory_mb
+
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'not a row'\nfor p in /proc/[0-9]*; do echo \"${p#/proc/}, 300\"; done\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    assert gpu_memory_mb([os.getpid()]) == 300.0 and gpu_memory_mb([]) == 0.0
+    m = run_measured([sys.executable, "-c", TREE_SCRIPT], interval=0.05, gpu=True)
+    assert m.returncode == 0 and m.peak_gpu_mb is not None
+    assert m.peak_gpu_mb >= 300 and m.peak_gpu_mb % 300 == 0 and m.peak_gpu_mb <= 300 * m.max_processes
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert gpu_memory_mb([os.getpid()]) is None
