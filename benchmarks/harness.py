@@ -172,10 +172,13 @@ class Theirs:
         return [str(peer_env.peer_bin(self.venv, "nnUNetv2_train")), str(self.task), "3d_fullres", "all",
                 "-tr", trainer, "-p", BENCH_PLANS, "-device", self.device]
 
+    def trainer_dir(self, dataset: str, trainer: str = THEIR_TRAINER) -> Path:
+        """nnU-Net's results folder of one trainer with the bench plans (``TRAINER__PLANS__CONFIG``)."""
+        return self.work.results(self.name) / dataset / f"{trainer}__{BENCH_PLANS}__3d_fullres"
+
     def clear_results(self, dataset: str, trainer: str = THEIR_TRAINER) -> None:
         """Only this trainer's folder: --quality's model (another trainer) must survive the timing runs."""
-        shutil.rmtree(self.work.results(self.name) / dataset / f"{trainer}__{BENCH_PLANS}__3d_fullres",
-                      ignore_errors=True)
+        shutil.rmtree(self.trainer_dir(dataset, trainer), ignore_errors=True)
 
     @staticmethod
     def quality_env(epochs: int, iterations: int) -> dict[str, str]:

@@ -232,8 +232,7 @@ class Bench:
         if tool == OURS:
             return (self.work.results(OURS) / self.dataset / "organ" / (trainer or harness.OUR_TRAINER) / "fold_all"
                     / "checkpoint_final.pt")
-        return (self.work.results(THEIRS) / self.dataset
-                / f"{trainer or harness.THEIR_TRAINER}__{harness.BENCH_PLANS}__3d_fullres" / "fold_all" / name)
+        return self.theirs.trainer_dir(self.dataset, trainer or harness.THEIR_TRAINER) / "fold_all" / name
 
     def _train(self, tool, repeat: int, record: bool) -> None:
         tool.clear_results(self.dataset)

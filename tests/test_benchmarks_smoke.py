@@ -280,14 +280,15 @@ def test_timing_runs_clear_only_their_own_trainer(tmp_path):
     ours = harness.Ours(work, 501, "cpu", 1)
     theirs = harness.Theirs(work, 501, "cpu", 1, tmp_path / "venv")
     keep = [work.results(OURS) / "D" / "organ" / harness.OUR_QUALITY_TRAINER / "fold_all",
-            work.results(THEIRS) / "D" / f"{harness.THEIR_QUALITY_TRAINER}__{harness.BENCH_PLANS}__3d_fullres"]
+            theirs.trainer_dir("D", harness.THEIR_QUALITY_TRAINER)]
     gone = [work.results(OURS) / "D" / "organ" / harness.OUR_TRAINER / "fold_all",
-            work.results(THEIRS) / "D" / f"{harness.THEIR_TRAINER}__{harness.BENCH_PLANS}__3d_fullres"]
+            theirs.trainer_dir("D")]
     for d in keep + gone:
         d.mkdir(parents=True)
     ours.clear_results("D")
     theirs.clear_results("D")
     assert all(d.is_dir() for d in keep) and not any(d.exists() for d in gone)
+    assert theirs.trainer_dir("D").name == f"{harness.THEIR_TRAINER}__{harness.BENCH_PLANS}__3d_fullres"
 
 
 def test_nnunet_checkpoint_loads_weights_only(tmp_path):
