@@ -11,6 +11,13 @@ pass (how the CPU default was chosen).
 
     python benchmarks/bench_inference_cpu.py precision --plans .carry/plans_real.json
 
+``tensors``: what a GPU's allocator would be asked for, measured on a CPU: peak bytes of live torch
+tensors (profiler memory events) in one window's forward pass per stage, plain versus inference forward,
+and per cascade stage in ``predict_array`` on the GPU benchmark's 512x512x200 CT (bf16 autocast as the
+stand-in for CUDA's fp16; oneDNN's layout copies make the CPU figures an upper bound).
+
+    python benchmarks/bench_inference_cpu.py tensors --plans .carry/plans_real.json
+
 The side-by-side comparison with ``nnUNetv2_predict`` is ``python -m benchmarks.run`` (its infer stage).
 """
 from __future__ import annotations
@@ -96,6 +103,48 @@ def precision(args: argparse.Namespace) -> dict:
     return res
 
 
+def tensors(args: argparse.Namespace) -> dict:
+    import torch
+
+    from benchmarks.bench_inference_gpu import SHAPE, SPACING, _allow_missing_simpleitk, oracle_predictor, phantom
+    from benchmarks.tensor_memory import peak_tensor_bytes, peak_tensor_bytes_by_range
+    _allow_missing_simpleitk()
+    from inference.predictor import CascadePredictor
+    from inference.profiling import CaseProfile
+    from inference.random_models import write_random_checkpoints
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mb = 1024 ** 2
+    plans = json.loads(Path(args.plans).read_text())
+    img, lab = phantom(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpts = write_random_checkpoints(plans, tmp)
+        host = plans["stages"].get("tumour", {}).get("host_organs")
+        pred = oracle_predictor(CascadePredictor, lab, host)(ckpts, device="cpu", precision="bf16")
+    res: dict = {"shape": list(SHAPE), "spacing": list(SPACING), "threads": torch.get_num_threads(),
+                 "precision": "bf16", "windows": {}}
+    for stage, sm in pred.stages.items():
+        net, x = sm.network, torch.randn(1, 1, *sm.patch_size)
+        row = {"patch": sm.patch_size, "weights_mb": round(sum(p.numel() * p.element_size()
+                                                               for p in net.parameters()) / mb, 1)}
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            row["forward_inference_mb"] = round(peak_tensor_bytes(lambda: net(x))[1] / mb, 1)
+            for m in net.nets:
+                m.deep_supervision = True  # the plain forward (EnsembleNet keeps the full-res head)
+            row["forward_plain_mb"] = round(peak_tensor_bytes(lambda: net(x))[1] / mb, 1)
+            for m in net.nets:
+                m.deep_supervision = False
+        res["windows"][stage] = row
+    prof = CaseProfile(torch.device("cpu"))
+    t = time.perf_counter()
+    _, peaks = peak_tensor_bytes_by_range(lambda: pred.predict_array(img, SPACING, prof))
+    res["predict_s"] = round(time.perf_counter() - t, 1)
+    res["predict_peak_mb"] = {k: round(v / mb, 1) for k, v in peaks.items()}
+    res["weights_all_stages_mb"] = round(sum(r["weights_mb"] for r in res["windows"].values()), 1)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -113,10 +162,14 @@ def main() -> None:
     c.add_argument("--patch", type=int, nargs=3, default=None)
     c.add_argument("--repeats", type=int, default=2)
     c.add_argument("--threads", type=int, default=None)
-    for p in (m, c):
+    g = sub.add_parser("tensors", help="peak live tensor bytes per window and per cascade stage (CPU)")
+    g.add_argument("--plans", default=".carry/plans_real.json")
+    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    for p in (m, c, g):
         p.add_argument("--out", default=None, help="write the result JSON here")
     args = ap.parse_args()
-    res = memory(args) if args.cmd == "memory" else precision(args)
+    res = {"memory": memory, "precision": precision, "tensors": tensors}[args.cmd](args)
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:

@@ -89,9 +89,9 @@ def oracle_predictor(base: type, label: np.ndarray, host: list[int] | None = Non
             margin = self.stages["roi"].config.get("crop_margin_mm", [0, 0, 0])
             return bbox_with_margin(fg_box, spacing, margin, vol.shape)
 
-        def _host_box(self, out):
-            super()._host_box(out)  # the device-side host-organ box is computed and timed
-            return host_box
+        def _host_box(self, out, origin):
+            super()._host_box(out, origin)  # the device-side host-organ box is computed and timed
+            return [[lo - o, hi - o] for (lo, hi), o in zip(host_box, origin)]
 
     return Oracle
 
@@ -109,6 +109,11 @@ def run(args: argparse.Namespace) -> dict:
     img, lab = phantom(args.seed)
     t_phantom = time.perf_counter() - t0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    split: dict = {}
+    if device.type == "cuda":  # what the device holds before any work: the CUDA context alone
+        torch.zeros(1, device=device)
+        free, total = torch.cuda.mem_get_info(device)
+        split["context_used_mb"] = round((total - free) / 2 ** 20, 1)
     CascadePredictor.roi_single_pass_factor = args.roi_single_pass
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = write_random_checkpoints(plans, tmp, stages=stages)
@@ -116,6 +121,9 @@ def run(args: argparse.Namespace) -> dict:
         cls = oracle_predictor(CascadePredictor, lab, host) if args.crops == "oracle" else CascadePredictor
         pred = cls(ckpts, device=device, step_size=args.step_size, windows_per_batch=args.windows_per_batch,
                    num_threads=args.threads)
+        if device.type == "cuda":
+            split["weights_allocated_mb"] = round(torch.cuda.memory_allocated(device) / 2 ** 20, 1)
+        ref = cls(ckpts, device="cpu", precision="fp32") if args.check_cpu else None
     if device.type == "cuda" and args.cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     for _ in range(args.warmup):
@@ -147,8 +155,16 @@ def run(args: argparse.Namespace) -> dict:
         "stage_times_s": {k: prof.summary()[k] for k in ("roi", "organ", "tumour", "postprocess")},
         "phantom_s": round(t_phantom, 2), "labels_found": int(len(np.unique(out))),
     }
+    if ref is not None:  # same weights, CPU float32: how many voxels does the fp16 GPU path change?
+        t = time.perf_counter()
+        cpu_out = ref.predict_array(img, SPACING)
+        res["cpu_fp32_s"] = round(time.perf_counter() - t, 2)
+        res["agreement_with_cpu_fp32"] = float((cpu_out == out).mean())
+        fg = (cpu_out > 0) | (out > 0)
+        res["foreground_agreement_with_cpu_fp32"] = float((cpu_out[fg] == out[fg]).mean()) if fg.any() else 1.0
     if device.type == "cuda":
         mb = 1024 ** 2
+        res.update(split)
         res["cudnn_benchmark"] = torch.backends.cudnn.benchmark
         res["max_memory_allocated_mb"] = round(torch.cuda.max_memory_allocated() / mb, 1)
         res["max_memory_reserved_mb"] = round(torch.cuda.max_memory_reserved() / mb, 1)
@@ -172,6 +188,7 @@ def main() -> None:
     ap.add_argument("--roi-single-pass", type=float, default=2.0, help="0 disables the whole-volume roi pass")
     ap.add_argument("--alloc-conf", default="expandable_segments:True", help="PYTORCH_CUDA_ALLOC_CONF ('' = default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--check-cpu", action="store_true", help="also predict on CPU in fp32 and report agreement")
     args = ap.parse_args()
     if args.make_plans:
         plans = make_plans(Path(args.make_plans))

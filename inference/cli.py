@@ -33,6 +33,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                              "(AVX512-BF16/AMX), else fp32")
     parser.add_argument("--step-size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch (default 0.5; larger is faster)")
+    parser.add_argument("--windows-per-batch", type=int, default=1, metavar="N",
+                        help="sliding windows per forward pass (default 1: least device memory; more can be "
+                             "faster on a large GPU)")
     parser.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower, off by default)")
     parser.add_argument("--no-cascade", action="store_true",
                         help="skip the ROI pass: the organ model searches the whole body-cropped volume")
@@ -62,7 +65,7 @@ def run_inference(input_path: str, output_dir: str, task: str | int, trainer: st
                   device: str = "auto", step_size: float = 0.5, tta: bool = False, cascade: bool = True,
                   save_probabilities: bool = False, continue_prediction: bool = False, profile: bool = False,
                   results: str | None = None, num_threads: int | None = None, postprocess: bool = True,
-                  precision: str = "auto") -> int:
+                  precision: str = "auto", windows_per_batch: int = 1) -> int:
     """Segment every case of ``input_path`` into ``output_dir``. Returns 0, or 1 if any case failed
     (the failures are named with their reason on stderr; every other case is still written)."""
     # Before CUDA starts: growable segments keep the allocator's reserve near what is really in use
@@ -77,7 +80,7 @@ def run_inference(input_path: str, output_dir: str, task: str | int, trainer: st
     predictor = CascadePredictor.from_results(
         task, trainer=trainer, stage_trainers=stage_trainers, folds=folds, results=results, device=device,
         step_size=step_size, tta=tta, cascade=cascade, save_probabilities=save_probabilities,
-        num_threads=num_threads, postprocess=postprocess, precision=precision)
+        num_threads=num_threads, postprocess=postprocess, precision=precision, windows_per_batch=windows_per_batch)
     log.info("models loaded on %s in %.1f s (stages: %s)", predictor.device, time.perf_counter() - t0,
              ", ".join(predictor.stages))
 
@@ -103,4 +106,5 @@ def run_from_args(args: argparse.Namespace) -> int:
                          device=args.device, step_size=args.step_size, tta=args.tta, cascade=not args.no_cascade,
                          save_probabilities=args.save_probabilities, continue_prediction=args.continue_prediction,
                          profile=args.profile, results=args.results, num_threads=args.num_threads,
-                         postprocess=not args.no_postprocessing, precision=args.precision)
+                         postprocess=not args.no_postprocessing, precision=args.precision,
+                         windows_per_batch=args.windows_per_batch)

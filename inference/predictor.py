@@ -26,7 +26,7 @@ from inference.fused_resample import SlabArgmaxResampler
 from inference.models import StageModel, find_stage_checkpoints, load_stage_model
 from inference.postprocessing import apply_postprocessing
 from inference.profiling import CaseProfile, MemorySampler
-from inference.sliding_window import iter_sliding_window, predict_sliding_window
+from inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ def _use_amp(device: torch.device, precision: str) -> bool:
 
 def _slices(box: BBox) -> tuple[slice, slice, slice]:
     return tuple(slice(lo, hi) for lo, hi in box)
+
+
+def _shift(box: BBox, origin: Sequence[int], sign: int) -> BBox:
+    """A box moved by ``sign * origin`` (into or out of a region that starts at ``origin``)."""
+    return [[lo + sign * o, hi + sign * o] for (lo, hi), o in zip(box, origin)]
 
 
 def device_bbox(mask: torch.Tensor) -> BBox | None:
@@ -82,8 +87,13 @@ class CascadePredictor:
         self.device = resolve_device(device)
         if num_threads:
             torch.set_num_threads(int(num_threads))
+        self.amp = _use_amp(self.device, precision)
+        # Checkpoints we load get their conv weights stored in the autocast dtype (half the memory, same
+        # logits); ready StageModels are the caller's and are left as they are.
+        conv_dtype = autocast_dtype(self.device, self.amp)
         self.stages: dict[str, StageModel] = {
-            s: m if isinstance(m, StageModel) else load_stage_model(s, m, self.device) for s, m in models.items()}
+            s: m if isinstance(m, StageModel) else load_stage_model(s, m, self.device, conv_dtype)
+            for s, m in models.items()}
         if "organ" not in self.stages:
             raise AutosegError(f"no organ model among the stages found ({', '.join(self.stages) or 'none'})")
         # As in preprocessing: the organ model was trained on roi crops only if its input says so.
@@ -97,13 +107,14 @@ class CascadePredictor:
         self.tta = tta
         self.postprocess = postprocess
         self.save_probabilities = save_probabilities
-        self.amp = _use_amp(self.device, precision)
         if self.device.type == "cuda":
             # patch shapes repeat window after window: let cuDNN pick its fastest 3D convolutions once
             torch.backends.cudnn.benchmark = True
         # One window per forward pass: on an H100 with the default plans two windows per pass save 15%
         # of the time but cost 1.7x the GPU memory (0.42 s / 3.3 GB vs 0.49 s / 1.9 GB); on CPU batching
         # gains nothing on two cores.
+        if windows_per_batch is not None and windows_per_batch < 1:
+            raise AutosegError(f"windows per batch must be at least 1, got {windows_per_batch}")
         self.windows_per_batch = windows_per_batch or 1
         self.lean = False  # switched on for good after a CUDA out-of-memory error
         self.profiles: dict[str, dict] = {}
@@ -144,19 +155,42 @@ class CascadePredictor:
                 vol = self._upload(image)
                 body = crop_to_body(image)
                 box = self._roi_box(vol, spacing, body) if self.use_roi else body
-            out = torch.zeros(image.shape, dtype=self.label_dtype, device=self.device)
+                # From here on everything lives in the region the later stages can read (the roi box
+                # grown by the tumour margin): the rest of the volume leaves the device.
+                region = self._work_region(box, spacing, image.shape)
+                vol = self._crop_volume(vol, region)
+            origin = [lo for lo, _ in region]
+            out = torch.zeros(bbox_shape(region), dtype=self.label_dtype, device=self.device)
             with prof.stage("organ"):
-                out[_slices(box)] = self._stage_safe(self.stages["organ"], vol, box, spacing, probs, prof)
+                obox = _shift(box, origin, -1)
+                out[_slices(obox)] = self._stage_safe(self.stages["organ"], vol, obox, spacing, probs, prof)
             if "tumour" in self.stages:
                 with prof.stage("tumour"):
-                    self._tumour(vol, out, spacing, probs, prof)
+                    self._tumour(vol, out, spacing, probs, prof, origin)
             del vol
             with prof.stage("postprocess"):
-                labels = out.cpu().numpy()
+                labels = np.zeros(image.shape, dtype=np.uint8 if self.label_dtype == torch.uint8 else np.int16)
+                labels[_slices(region)] = out.cpu().numpy()
                 del out
                 if self.postprocess and self.rules:
                     labels = apply_postprocessing(labels, {"rules": self.rules}, spacing)
+        for d in probs.values():
+            d["bbox"] = _shift(d["bbox"], origin, 1)
         return labels, probs
+
+    def _work_region(self, box: BBox, spacing: list[float], shape: Sequence[int]) -> BBox:
+        """What the organ and tumour stages can read: the organ box, grown by the tumour stage's margin
+        (its crop is the host-organ box, inside the organ box, plus that margin)."""
+        if "tumour" not in self.stages:
+            return [list(b) for b in box]
+        return bbox_with_margin(box, spacing, self.stages["tumour"].config.get("crop_margin_mm", [0.0] * 3), shape)
+
+    def _crop_volume(self, vol: torch.Tensor, region: BBox) -> torch.Tensor:
+        """On a GPU a compact copy of the region, so the whole volume's memory is released; on the CPU
+        a view (the volume there is the caller's own array)."""
+        if vol.device.type == "cpu" or list(bbox_shape(region)) == list(vol.shape):
+            return vol[_slices(region)]
+        return vol[_slices(region)].clone()
 
     def _upload(self, image: np.ndarray) -> torch.Tensor:
         """One host->device copy, in the smallest dtype that keeps what normalisation can see."""
@@ -252,18 +286,20 @@ class CascadePredictor:
                 1 if self.lean else self.windows_per_batch, True, self._mirror_axes(sm), self.amp,
                 torch.float16 if cuda_fast else torch.float32, accumulate_device=host):
             res.push(z0, z1, slab.to(host))
+            del slab  # not alive during the next window's forward pass
         return out
 
-    def _host_box(self, out: torch.Tensor) -> BBox | None:
-        """Tight box of the predicted host organs (the tumour stage's crop before its margin)."""
+    def _host_box(self, out: torch.Tensor, origin: Sequence[int]) -> BBox | None:
+        """Tight box, in ``out``'s frame (``origin`` is its corner in the image), of the predicted host
+        organs: the tumour stage's crop before its margin."""
         host = self.stages["tumour"].config.get("host_organs") or self.stages["organ"].classes
         return device_bbox(torch.isin(out, torch.tensor(host, dtype=out.dtype, device=out.device)))
 
     def _tumour(self, vol: torch.Tensor, out: torch.Tensor, spacing: list[float], probs: dict,
-                prof: CaseProfile) -> None:
+                prof: CaseProfile, origin: Sequence[int]) -> None:
         """Tumour model inside the host-organ box; its labels override the organ labels."""
         sm = self.stages["tumour"]
-        hb = self._host_box(out)
+        hb = self._host_box(out, origin)
         if hb is None:
             log.info("no host organ predicted: tumour stage skipped")
             return

@@ -57,7 +57,7 @@ def gaussian_importance_map(patch_size: Sequence[int], device: torch.device | st
     return _GAUSS_DEVICE_CACHE[key]
 
 
-def _amp_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
     if amp is None:
         amp = device.type == "cuda"
     if not amp:
@@ -84,6 +84,18 @@ def _forward(network: torch.nn.Module, x: torch.Tensor, mirror_axes: Sequence[in
     return out / len(combos) if len(combos) > 1 else out
 
 
+def _accumulate(acc: torch.Tensor, wsum: torch.Tensor, starts: list[tuple[int, int, int]], logits: torch.Tensor,
+                weight: torch.Tensor | None, patch: Sequence[int]) -> None:
+    """Add each window's (weighted) logits at its start (z relative to the buffer) into ``acc``."""
+    for (z, y, x), lg in zip(starts, logits):
+        sl = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+        if weight is None:
+            acc[(slice(None), *sl)] += lg.to(acc.dtype)
+        else:
+            acc[(slice(None), *sl)] += (lg * weight).to(acc.dtype)
+            wsum[sl] += weight
+
+
 def iter_sliding_window(network: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int],
                         num_classes: int, step_size: float = 0.5, windows_per_batch: int = 4,
                         gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
@@ -104,7 +116,7 @@ def iter_sliding_window(network: torch.nn.Module, image: torch.Tensor, patch_siz
     if any(pad):
         image = F.pad(image, (lo[2], pad[2] - lo[2], lo[1], pad[1] - lo[1], lo[0], pad[0] - lo[0]))
     padded = list(image.shape[1:])
-    amp_dtype = _amp_dtype(image.device, amp)
+    amp_dtype = autocast_dtype(image.device, amp)
     device = accumulate_device or image.device
     steps = compute_steps(padded, patch, step_size)
     windows = list(itertools.product(*steps))  # z-major: z starts are non-decreasing
@@ -140,16 +152,11 @@ def iter_sliding_window(network: torch.nn.Module, image: torch.Tensor, patch_siz
             wsum = torch.cat([wsum, wsum.new_zeros((grow, padded[1], padded[2]))], 0)
         x = torch.stack([image[:, z:z + patch[0], y:y + patch[1], xx:xx + patch[2]] for z, y, xx in batch])
         logits = _forward(network, x, mirror_axes, amp_dtype).to(device)
+        del x
         if logits.shape[1] != num_classes:
             raise ValueError(f"network returned {logits.shape[1]} channels, expected {num_classes}")
-        for (z, y, xx), lg in zip(batch, logits):
-            zs = slice(z - buf0, z - buf0 + patch[0])
-            region = acc[:, zs, y:y + patch[1], xx:xx + patch[2]]
-            if weight is None:
-                region += lg.to(acc_dtype)
-            else:
-                region += (lg * weight).to(acc_dtype)
-                wsum[zs, y:y + patch[1], xx:xx + patch[2]] += weight
+        _accumulate(acc, wsum, [(z - buf0, y, xx) for z, y, xx in batch], logits, weight, patch)
+        del logits  # not alive during the next forward pass (nor is a view of an outgrown buffer)
         next_z = windows[i + len(batch)][0] if i + len(batch) < len(windows) else padded[0]
         yield from emit(next_z)
 

@@ -113,6 +113,25 @@ def test_probabilities_sum_to_one(tmp_path):
     torch.testing.assert_close(pr.sum(0), torch.ones(pr.shape[1:]), atol=5e-3, rtol=0)
 
 
+def test_probability_boxes_are_in_image_coordinates(predictor):
+    """Later stages work inside the roi region; what they report (boxes) must be in the image's frame."""
+    img, gt = phantom()
+    predictor.stages["organ"].plans["stages"]["organ"]["target_spacing"] = list(SPACING)
+    predictor.save_probabilities = True
+    labels, probs = predictor.predict_array_full(img, SPACING)
+    assert probs["organ"]["bbox"][0][0] > 0  # the roi crop starts inside the image: a real offset
+    for stage in ("organ", "tumour"):
+        d = probs[stage]
+        sl = tuple(slice(lo, hi) for lo, hi in d["bbox"])
+        argmax = np.asarray(d["classes"])[d["probabilities"].float().argmax(0).numpy()]
+        if stage == "organ":
+            keep = labels[sl] != 3  # tumour labels override organ labels
+            assert np.array_equal(argmax[keep], labels[sl][keep])
+        else:
+            assert np.array_equal(argmax == 3, labels[sl] == 3)
+    assert np.array_equal(labels == 3, gt == 3)
+
+
 def test_device_bbox():
     m = torch.zeros(5, 6, 7, dtype=torch.bool)
     assert device_bbox(m) is None
@@ -141,3 +160,28 @@ def test_cuda_oom_falls_back_to_lean_path(predictor, monkeypatch, caplog):
         got = predictor._stage_safe(sm, vol, box, list(SPACING), {}, CaseProfile(torch.device("cpu")))
     assert calls == [False, True] and predictor.lean and "out of memory" in caplog.text
     assert torch.equal(got, expected) and (expected == 2).any()
+
+
+def test_loaded_conv_weights_in_autocast_dtype_same_logits(tmp_path):
+    """Checkpoints loaded for bf16/fp16 inference keep conv weights in that dtype (half the memory):
+    the logits are bit-identical to autocasting float32 weights."""
+    from inference.models import load_stage_model
+
+    ckpts = write_random_checkpoints(tiny_plans(), tmp_path)
+    lean = CascadePredictor(ckpts, device="cpu", precision="bf16")
+    ref = {s: load_stage_model(s, c, torch.device("cpu")) for s, c in ckpts.items()}
+    for stage, sm in lean.stages.items():
+        mods = list(sm.network.modules())
+        convs = [m for m in mods if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+        norms = [m for m in mods if isinstance(m, torch.nn.InstanceNorm3d)]
+        assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+        assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+        assert all(p.dtype == torch.float32 for p in ref[stage].network.parameters())
+        x = torch.randn(1, 1, *sm.patch_size)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(sm.network(x), ref[stage].network(x))
+    img, _ = phantom()
+    np.testing.assert_array_equal(lean.predict_array(img, SPACING),
+                                  CascadePredictor(ref, device="cpu", precision="bf16").predict_array(img, SPACING))
+    assert all(p.dtype == torch.float32 for p in CascadePredictor(ckpts, device="cpu", precision="fp32")
+               .stages["organ"].network.parameters())

@@ -135,3 +135,20 @@ def test_output_folder_must_differ_from_input(setup, capsys):
     _, results, inp, _, _ = setup
     assert cli_main(["run_inference", "-i", str(inp), "-o", str(inp), "-t", "999", "--results", str(results)]) == 1
     assert "must differ from the input folder" in capsys.readouterr().err
+
+
+def test_cli_windows_per_batch(setup, tmp_path):
+    """Two windows per forward pass through the CLI: the same masks as one (the batch only changes
+    floating-point order, so at most a few near-tie voxels may flip)."""
+    _, results, _, _, _ = setup
+    one = tmp_path / "in"
+    one.mkdir()
+    _write_ct(one / "big_0000.nii.gz", CASES["lps"][1], (1.6, 1.6, 2.5), (0.0, 0.0, 0.0), shape=(40, 80, 80))
+    masks = []
+    for wpb in ("1", "2"):
+        assert cli_main(["run_inference", "-i", str(one), "-o", str(tmp_path / wpb), "-t", "999", "--results",
+                         str(results), "--device", "cpu", "--windows-per-batch", wpb, "--no-cascade"]) == 0
+        masks.append(read_image(tmp_path / wpb / "big.nii.gz")[0])
+    assert masks[0].any() and (masks[0] == masks[1]).mean() > 0.999
+    assert cli_main(["run_inference", "-i", str(one), "-o", str(tmp_path / "o2"), "-t", "999", "--results",
+                     str(results), "--windows-per-batch", "0"]) == 1

@@ -216,3 +216,43 @@ def test_torch_compile_full_graph():
     assert len(outs) == 2
     net.deep_supervision = False
     assert compiled(x).shape == (1, 2, 8, 8, 8)
+
+
+@pytest.mark.parametrize("cls,blocks", VARIANTS)
+@pytest.mark.parametrize("amp", [False, True])
+def test_inference_forward_equals_training_forward(cls, blocks, amp):
+    """Without gradients the forward frees maps as it goes; the logits must not change by a bit."""
+    net = build_network(cfg(ANISO, cls, blocks), 1, 3).eval()
+    x = torch.randn(1, 1, 8, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        ref = net(x).detach()  # gradients on: the plain forward
+        with torch.no_grad():
+            lean = net(x)
+        with torch.no_grad():
+            cl = net.to(memory_format=torch.channels_last_3d)(x.to(memory_format=torch.channels_last_3d))
+        net.to(memory_format=torch.contiguous_format)
+    assert lean.dtype == ref.dtype and torch.equal(lean, ref)
+    assert torch.allclose(cl.float(), ref.float(), atol=1e-2 if amp else 1e-4)
+
+
+def test_inference_forward_peak_is_lower():
+    """The CPU allocator's peak during one forward (profiler memory events): freeing skips after
+    their merge and merging into one buffer must save at least one full-resolution feature map."""
+    from benchmarks.tensor_memory import peak_tensor_bytes
+
+    net = build_network(cfg(ISO, features=[32, 64, 128]), 1, 3).eval()  # wide enough for oneDNN convs
+    x = torch.randn(1, 1, 32, 48, 48)
+    with torch.no_grad():
+        _, lean = peak_tensor_bytes(lambda: net(x))
+        net.deep_supervision = True  # the plain forward (plus two tiny low-resolution heads)
+        _, plain = peak_tensor_bytes(lambda: net(x))
+    top_map = 32 * x.numel() * 4
+    assert plain - lean >= 1.0 * top_map, (plain / top_map, lean / top_map)
+
+
+def test_torch_compile_inference_forward():
+    net = build_network(cfg(ISO, "UNet"), 1, 2).eval()
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), net(x), atol=1e-5)

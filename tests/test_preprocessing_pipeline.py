@@ -168,13 +168,17 @@ def test_resume_after_killed_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env)
     stage_dir = pre / "Dataset990_Tiny" / "organ"
     deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and not list(stage_dir.glob("*.json")):
+
+    def done_cases() -> list[Path]:  # not the hidden temp files (.CASE.json.xxxx.json) of a write in flight
+        return [p for p in stage_dir.glob("*.json") if not p.name.startswith(".")]
+
+    while time.time() < deadline and proc.poll() is None and not done_cases():
         time.sleep(0.05)
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     out = pre / "Dataset990_Tiny"
-    finished = {p.stem: p.stat().st_mtime_ns for p in stage_dir.glob("*.json")}
+    finished = {p.stem: p.stat().st_mtime_ns for p in done_cases()}
     from planners import plan_and_preprocess
 
     plan_and_preprocess(990, raw=raw, preprocessed=pre, num_workers=2, progress=False)

@@ -65,8 +65,34 @@ class SegNetwork(nn.Module, metaclass=ABCMeta):
     def merge(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return torch.cat((up, skip), dim=1)
 
+    def merge_inference(self, upsampler: nn.Module, deep: list[torch.Tensor],
+                        skips: list[torch.Tensor]) -> torch.Tensor:
+        """``merge(upsampler(deep), skip)`` without gradients, taking ownership of ``deep[0]`` and
+        ``skips[-1]`` (popped) so that each is freed as soon as it is used.
+
+        The default concatenation fills one preallocated buffer: skip first (then freed), upsampled map
+        second, so ``up``, ``skip`` and their concatenation never coexist (3 full-resolution maps at the
+        top level instead of 4). A subclass that overrides ``merge`` gets it called unchanged unless it
+        overrides this too."""
+        skip = skips.pop()
+        if type(self).merge is not SegNetwork.merge or not isinstance(upsampler, nn.ConvTranspose3d):
+            return self.merge(upsampler(deep.pop()), skip)
+        c_up = upsampler.out_channels
+        dev = skip.device.type
+        up_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else upsampler.weight.dtype
+        fmt = (torch.channels_last_3d if not skip.is_contiguous()
+               and skip.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
+        buf = torch.empty((skip.shape[0], c_up + skip.shape[1], *skip.shape[2:]), device=skip.device,
+                          dtype=torch.promote_types(skip.dtype, up_dtype), memory_format=fmt)
+        buf[:, c_up:] = skip
+        del skip
+        buf[:, :c_up] = upsampler(deep.pop())
+        return buf
+
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if not torch.is_grad_enabled() and not self.deep_supervision:
+            return self._forward_inference(x)
         skips = []
         for stage, ctx in zip(self.encoder, self.context):
             x = ctx(stage(x))
@@ -85,9 +111,41 @@ class SegNetwork(nn.Module, metaclass=ABCMeta):
             return outputs[::-1]
         return outputs[-1]
 
+    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same computation as ``forward`` with every full-resolution map freed as soon as it is
+        used (skips after their merge, a merged map after the first conv that reads it): the peak of a
+        window's forward pass falls from about 5 to about 3 top-level feature maps."""
+        skips = []
+        for stage, ctx in zip(self.encoder, self.context):
+            x = ctx(stage(x))
+            skips.append(x)
+        del x
+        deep = [skips.pop()]
+        for up, dec in zip(self.upsamplers, self.decoder):
+            merged = [self.merge_inference(up, deep, skips)]
+            deep = [_run_consuming(dec, merged)]
+        return self.seg_heads[0](deep.pop())
+
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, num_classes={self.num_classes}, "
                 f"deep_supervision={self.deep_supervision}")
+
+
+def _leaves(module: nn.Module):
+    """The modules a plain ``nn.Sequential`` (nested or not) calls in order; others are leaves."""
+    if type(module).forward is nn.Sequential.forward:
+        for child in module:
+            yield from _leaves(child)
+    else:
+        yield module
+
+
+def _run_consuming(module: nn.Module, holder: list[torch.Tensor]) -> torch.Tensor:
+    """``module(holder.pop())`` where the input is released after the first leaf module reads it."""
+    x = holder.pop()
+    for leaf in _leaves(module):
+        x = leaf(x)
+    return x
 
 
 def count_parameters(net: nn.Module, trainable_only: bool = True) -> int:

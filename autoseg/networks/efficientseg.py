@@ -48,3 +48,13 @@ class EfficientSegNet(SegNetwork):
 
     def merge(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return up + skip
+
+    def merge_inference(self, upsampler: nn.Module, deep: list[torch.Tensor],
+                        skips: list[torch.Tensor]) -> torch.Tensor:
+        """Add into the skip's memory (no gradients: nothing else reads it); its dtype must hold the
+        sum, so a lower-precision skip falls back to the out-of-place add."""
+        skip = skips.pop()
+        up = upsampler(deep.pop())
+        if torch.promote_types(skip.dtype, up.dtype) != skip.dtype:
+            return up + skip
+        return skip.add_(up)
