@@ -169,8 +169,7 @@ class CascadePredictor:
                     self._tumour(vol, out, spacing, probs, prof, origin)
             del vol
             with prof.stage("postprocess"):
-                labels = np.zeros(image.shape, dtype=np.uint8 if self.label_dtype == torch.uint8 else np.int16)
-                labels[_slices(region)] = out.cpu().numpy()
+                labels = self._paste(out, region, image.shape)
                 del out
                 if self.postprocess and self.rules:
                     labels = apply_postprocessing(labels, {"rules": self.rules}, spacing)
@@ -184,6 +183,15 @@ class CascadePredictor:
         if "tumour" not in self.stages:
             return [list(b) for b in box]
         return bbox_with_margin(box, spacing, self.stages["tumour"].config.get("crop_margin_mm", [0.0] * 3), shape)
+
+    @staticmethod
+    def _paste(out: torch.Tensor, region: BBox, shape: Sequence[int]) -> np.ndarray:
+        """The region's labels in an array of the image's shape (no copy when the region is all of it)."""
+        if list(out.shape) == list(shape):
+            return out.cpu().numpy()
+        labels = np.zeros(shape, dtype=np.uint8 if out.dtype == torch.uint8 else np.int16)
+        labels[_slices(region)] = out.cpu().numpy()
+        return labels
 
     def _crop_volume(self, vol: torch.Tensor, region: BBox) -> torch.Tensor:
         """On a GPU a compact copy of the region, so the whole volume's memory is released; on the CPU

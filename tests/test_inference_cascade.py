@@ -185,3 +185,12 @@ def test_loaded_conv_weights_in_autocast_dtype_same_logits(tmp_path):
                                   CascadePredictor(ref, device="cpu", precision="bf16").predict_array(img, SPACING))
     assert all(p.dtype == torch.float32 for p in CascadePredictor(ckpts, device="cpu", precision="fp32")
                .stages["organ"].network.parameters())
+
+
+def test_paste_region_into_image_shape():
+    out = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 4)
+    whole = CascadePredictor._paste(out, [[0, 2], [0, 3], [0, 4]], (2, 3, 4))
+    assert np.array_equal(whole, out.numpy()) and whole.dtype == np.uint8
+    part = CascadePredictor._paste(out.to(torch.int16), [[1, 3], [2, 5], [0, 4]], (4, 6, 4))
+    assert part.dtype == np.int16 and part.shape == (4, 6, 4)
+    assert np.array_equal(part[1:3, 2:5], out.numpy()) and part.sum() == out.sum()
