@@ -23,8 +23,17 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 
 mkdir -p "$OUT"
+# pip from the carried wheels; without pip, unpack the wheel for this Python onto PYTHONPATH
+TAG=$(python -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+export PYTHONPATH="$PWD/.carry/site${PYTHONPATH:+:$PYTHONPATH}"
 for mod_pkg in cc3d:connected-components-3d tqdm:tqdm; do
-    python -c "import ${mod_pkg%%:*}" 2>/dev/null || pip install -q --no-index --find-links .carry/wheels "${mod_pkg#*:}"
+    mod=${mod_pkg%%:*}; pkg=${mod_pkg#*:}
+    python -c "import $mod" 2>/dev/null && continue
+    pip install -q --no-index --find-links .carry/wheels "$pkg" 2>/dev/null || {
+        whl=$(ls .carry/wheels/"${pkg//-/_}"-*-"$TAG"-*.whl .carry/wheels/"${pkg//-/_}"-*-py3-none-any.whl 2>/dev/null | head -1)
+        python -m zipfile -e "$whl" .carry/site
+    }
+    python -c "import $mod"
 done
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv | tee "$OUT/nvidia_smi.csv"
 # default plans and options; the CPU fp32 run of the same weights checks the fp16 labels
