@@ -89,9 +89,13 @@ def oracle_predictor(base: type, label: np.ndarray, host: list[int] | None = Non
             margin = self.stages["roi"].config.get("crop_margin_mm", [0, 0, 0])
             return bbox_with_margin(fg_box, spacing, margin, vol.shape)
 
-        def _host_box(self, out, origin):
-            super()._host_box(out, origin)  # the device-side host-organ box is computed and timed
-            return [[lo - o, hi - o] for (lo, hi), o in zip(host_box, origin)]
+        def _work_region(self, box, spacing, shape):
+            self.region = super()._work_region(box, spacing, shape)  # the frame _host_box answers in
+            return self.region
+
+        def _host_box(self, out):
+            super()._host_box(out)  # the device-side host-organ box is computed and timed
+            return [[lo - r[0], hi - r[0]] for (lo, hi), r in zip(host_box, self.region)]
 
     return Oracle
 
@@ -123,8 +127,6 @@ def run(args: argparse.Namespace) -> dict:
         cls = oracle_predictor(CascadePredictor, lab, host) if args.crops == "oracle" else CascadePredictor
         pred = cls(ckpts, device=device, step_size=args.step_size, windows_per_batch=args.windows_per_batch,
                    num_threads=args.threads)
-        if device.type == "cuda":
-            split["weights_allocated_mb"] = round(torch.cuda.memory_allocated(device) / 2 ** 20, 1)
         ref = cls(ckpts, device="cpu", precision="fp32") if args.check_cpu else None
     if device.type == "cuda" and args.cudnn_benchmark is not None:
         torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)

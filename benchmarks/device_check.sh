@@ -50,5 +50,5 @@ for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     r = json.loads(p.read_text())
     print(f"{p.stem:22s} median {r['median_s']:.3f} s  max_allocated {r.get('max_memory_allocated_mb')} MB  "
           f"reserved {r.get('max_memory_reserved_mb')} MB  sampled {r.get('peak_device_used_mb_sampled')} MB  "
-          f"whole run {r.get('peak_device_used_mb_sampled_whole_run')} MB  context {r.get('context_used_mb')} MB  weights {r.get('weights_allocated_mb')} MB")
+          f"whole run {r.get('peak_device_used_mb_sampled_whole_run')} MB  context {r.get('context_used_mb')} MB  allocated before a case {r.get('weights_and_context_allocated_mb')} MB")
 PY

@@ -1,4 +1,4 @@
-"""Peak bytes of live tensors during a call, on CPU as on CUDA.
+"""Peak bytes of live tensors during a call on the CPU.
 
 On CUDA ``torch.cuda.max_memory_allocated`` is the answer. A CPU has no such counter, but the
 profiler with ``profile_memory`` records every allocation and free of PyTorch's CPU allocator; their
@@ -26,24 +26,6 @@ def _cpu_profile(fn: Callable[[], T]) -> tuple[T, list, list]:
     return out, mem, ranges
 
 
-def peak_tensor_bytes(fn: Callable[[], T], device: torch.device | str = "cpu") -> tuple[T, int]:
-    """``(fn(), peak bytes allocated above what was live when fn started)``."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out = fn()
-        torch.cuda.synchronize(device)
-        return out, torch.cuda.max_memory_allocated(device) - base
-    out, mem, _ = _cpu_profile(fn)
-    cur = peak = 0
-    for _, nbytes in mem:
-        cur += nbytes
-        peak = max(peak, cur)
-    return out, peak
-
-
 def peak_tensor_bytes_by_range(fn: Callable[[], T]) -> tuple[T, dict[str, int]]:
     """CPU only: ``fn()`` and the peak live bytes (above the start) inside each ``autoseg.<name>``
     profiler range (``CaseProfile.stage`` opens one per stage), plus ``"total"``."""
@@ -58,3 +40,10 @@ def peak_tensor_bytes_by_range(fn: Callable[[], T]) -> tuple[T, dict[str, int]]:
                 key = name.removeprefix("autoseg.")
                 peaks[key] = max(peaks.get(key, 0), cur)
     return out, peaks
+
+
+def peak_tensor_bytes(fn: Callable[[], T]) -> tuple[T, int]:
+    """CPU: ``(fn(), peak bytes allocated above what was live when fn started)``. (On CUDA
+    ``torch.cuda.max_memory_allocated`` says the same.)"""
+    out, peaks = peak_tensor_bytes_by_range(fn)
+    return out, peaks["total"]

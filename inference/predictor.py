@@ -166,7 +166,7 @@ class CascadePredictor:
                 out[_slices(obox)] = self._stage_safe(self.stages["organ"], vol, obox, spacing, probs, prof)
             if "tumour" in self.stages:
                 with prof.stage("tumour"):
-                    self._tumour(vol, out, spacing, probs, prof, origin)
+                    self._tumour(vol, out, spacing, probs, prof)
             del vol
             with prof.stage("postprocess"):
                 labels = self._paste(out, region, image.shape)
@@ -297,17 +297,17 @@ class CascadePredictor:
             del slab  # not alive during the next window's forward pass
         return out
 
-    def _host_box(self, out: torch.Tensor, origin: Sequence[int]) -> BBox | None:
-        """Tight box, in ``out``'s frame (``origin`` is its corner in the image), of the predicted host
-        organs: the tumour stage's crop before its margin."""
+    def _host_box(self, out: torch.Tensor) -> BBox | None:
+        """Tight box, in ``out``'s frame (the working region), of the predicted host organs: the tumour
+        stage's crop before its margin."""
         host = self.stages["tumour"].config.get("host_organs") or self.stages["organ"].classes
         return device_bbox(torch.isin(out, torch.tensor(host, dtype=out.dtype, device=out.device)))
 
     def _tumour(self, vol: torch.Tensor, out: torch.Tensor, spacing: list[float], probs: dict,
-                prof: CaseProfile, origin: Sequence[int]) -> None:
+                prof: CaseProfile) -> None:
         """Tumour model inside the host-organ box; its labels override the organ labels."""
         sm = self.stages["tumour"]
-        hb = self._host_box(out, origin)
+        hb = self._host_box(out)
         if hb is None:
             log.info("no host organ predicted: tumour stage skipped")
             return

@@ -58,6 +58,7 @@ def gaussian_importance_map(patch_size: Sequence[int], device: torch.device | st
 
 
 def autocast_dtype(device: torch.device, amp: bool | None) -> torch.dtype | None:
+    """The dtype networks run in: fp16 on CUDA, bf16 on CPU, None without autocast (``amp=None``: CUDA only)."""
     if amp is None:
         amp = device.type == "cuda"
     if not amp:
