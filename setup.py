@@ -1,6 +1,17 @@
 """autoseg: a self-configuring ROI -> organ -> tumour cascade for abdominal CT."""
 from setuptools import find_packages, setup
 
+STAGE_FOLDERS = ("planners", "trainers", "inference", "evaluation")
+
+
+def _packages() -> list[str]:
+    """autoseg and its subpackages, plus each stage folder (and its subfolders) as autoseg.<folder>."""
+    found = find_packages(include=["autoseg", "autoseg.*"])
+    for name in STAGE_FOLDERS:
+        found += [f"autoseg.{p}" for p in find_packages(include=[name, f"{name}.*"])]
+    return found
+
+
 setup(
     name="autoseg",
     version="0.1.0",
@@ -8,9 +19,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["autoseg", "autoseg.*", "planners", "planners.*", "trainers",
-                                    "trainers.*", "inference", "inference.*", "evaluation",
-                                    "evaluation.*", "benchmarks", "benchmarks.*"]),
+    # The stage folders sit at the top of the repository (one folder per pipeline step) but install
+    # under the autoseg namespace, so nothing generic like `trainers` shadows another distribution.
+    packages=_packages(),
+    package_dir={f"autoseg.{name}": name for name in STAGE_FOLDERS},
     install_requires=[
         # torch is deliberately unpinned here: install torch==2.13.0 first (see README / Makefile)
         # so pip does not pull a multi-GB CUDA build on CPU machines.

@@ -12,10 +12,10 @@ from autoseg import AutosegError, __version__
 
 # name -> (module defining add_cli_arguments/run_from_args, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "plan_and_preprocess": ("planners.cli", "fingerprint a raw dataset, write plans.json, build the .npz caches"),
-    "run_training": ("trainers.cli", "train one stage (roi|organ|tumour) with a Trainer class found by name"),
-    "run_inference": ("inference.cli", "segment CT images with the fused ROI -> organ -> tumour cascade"),
-    "evaluate": ("evaluation.cli", "DSC / NSD / HD95 of a prediction folder against ground truth"),
+    "plan_and_preprocess": ("autoseg.planners.cli", "fingerprint a raw dataset, write plans.json, build the .npz caches"),
+    "run_training": ("autoseg.trainers.cli", "train one stage (roi|organ|tumour) with a Trainer class found by name"),
+    "run_inference": ("autoseg.inference.cli", "segment CT images with the fused ROI -> organ -> tumour cascade"),
+    "evaluate": ("autoseg.evaluation.cli", "DSC / NSD / HD95 of a prediction folder against ground truth"),
     "make_phantoms": ("autoseg.synthetic", "write a seeded abdominal CT phantom dataset (nnU-Net v2 raw format)"),
     "demo": ("autoseg.demo", "the whole pipeline on CT phantoms, on this machine, in minutes"),
 }

@@ -59,10 +59,10 @@ def _say(cmd: str) -> None:
 
 def run_demo(work: Path, cfg: DemoConfig, device: str = "cpu", fresh: bool = False) -> int:
     from autoseg.synthetic import make_phantom_dataset
-    from evaluation import evaluate_folder, format_summary_table
-    from inference import run_inference
-    from planners import plan_and_preprocess
-    from trainers import run_training
+    from autoseg.evaluation import evaluate_folder, format_summary_table
+    from autoseg.inference import run_inference
+    from autoseg.planners import plan_and_preprocess
+    from autoseg.trainers import run_training
 
     if fresh and work.exists():
         shutil.rmtree(work)

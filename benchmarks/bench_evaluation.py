@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--check-edt", action="store_true")
     args = ap.parse_args()
 
-    from evaluation import metrics, surface
+    from autoseg.evaluation import metrics, surface
 
     gt, pred, labels = make_case()
     surface.surfel_area_table(SPACING)  # the 256-entry table is built once per process

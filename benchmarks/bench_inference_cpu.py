@@ -40,9 +40,9 @@ def memory(args: argparse.Namespace) -> dict:
     from benchmarks.bench_inference_gpu import _allow_missing_simpleitk, oracle_predictor
     _allow_missing_simpleitk()
     from autoseg.synthetic import make_phantom
-    from inference.predictor import CascadePredictor
-    from inference.profiling import CaseProfile, MemorySampler, current_rss_bytes
-    from inference.random_models import write_random_checkpoints
+    from autoseg.inference.predictor import CascadePredictor
+    from autoseg.inference.profiling import CaseProfile, MemorySampler, current_rss_bytes
+    from autoseg.inference.random_models import write_random_checkpoints
 
     plans = json.loads(Path(args.plans).read_text())
     stages = [s for s in plans["stages"] if not (args.crops == "whole" and s == "roi")]
@@ -81,7 +81,7 @@ def precision(args: argparse.Namespace) -> dict:
 
     from autoseg.networks import build_network
     from autoseg.plans import num_outputs
-    from inference.sliding_window import _forward
+    from autoseg.inference.sliding_window import _forward
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,9 +109,9 @@ def tensors(args: argparse.Namespace) -> dict:
     from benchmarks.bench_inference_gpu import SHAPE, SPACING, _allow_missing_simpleitk, oracle_predictor, phantom
     from benchmarks.tensor_memory import peak_tensor_bytes, peak_tensor_bytes_by_range
     _allow_missing_simpleitk()
-    from inference.predictor import CascadePredictor
-    from inference.profiling import CaseProfile
-    from inference.random_models import write_random_checkpoints
+    from autoseg.inference.predictor import CascadePredictor
+    from autoseg.inference.profiling import CaseProfile
+    from autoseg.inference.random_models import write_random_checkpoints
 
     if args.threads:
         torch.set_num_threads(args.threads)

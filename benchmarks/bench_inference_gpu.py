@@ -54,7 +54,7 @@ def make_plans(out: Path, n_cases: int = 3) -> dict:
     from autoseg.fingerprint import compute_fingerprint
     from autoseg.io import write_image
     from autoseg.synthetic import LABELS, make_phantom
-    from planners.experiment_planner import ExperimentPlanner
+    from autoseg.planners.experiment_planner import ExperimentPlanner
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "Dataset990_BenchReal"
@@ -103,9 +103,9 @@ def oracle_predictor(base: type, label: np.ndarray, host: list[int] | None = Non
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from inference.predictor import CascadePredictor
-    from inference.profiling import MemorySampler
-    from inference.random_models import write_random_checkpoints
+    from autoseg.inference.predictor import CascadePredictor
+    from autoseg.inference.profiling import MemorySampler
+    from autoseg.inference.random_models import write_random_checkpoints
 
     plans = json.loads(Path(args.plans).read_text())
     stages = [s for s in plans["stages"] if not (args.crops == "whole" and s == "roi")]
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         out = pred.predict_array(img, SPACING)  # ends with the host copy: synchronous
         times.append(time.perf_counter() - t)
-    from inference.profiling import CaseProfile
+    from autoseg.inference.profiling import CaseProfile
     prof = CaseProfile(device)
     pred.predict_array(img, SPACING, prof)  # per-stage times (synchronised at stage boundaries)
     sampler = MemorySampler(device).start()

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from planners.memory import (BYTES_PER_PARAM, OVERHEAD_FACTOR, activation_elements, estimate_training_bytes,
+from autoseg.planners.memory import (BYTES_PER_PARAM, OVERHEAD_FACTOR, activation_elements, estimate_training_bytes,
                              parameter_count)
-from planners.topology import get_topology
+from autoseg.planners.topology import get_topology
 
 # (name, spacing, patch, features_start, max_stages, num_classes, batch)
 GPU_CONFIGS = [

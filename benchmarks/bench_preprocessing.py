@@ -142,7 +142,7 @@ def run_ours(folder: Path, pre: Path, spacing: list[float] | None, np_workers: i
 
     from autoseg.datasets import RawDataset
     from autoseg.fingerprint import compute_fingerprint
-    from planners import ExperimentPlanner
+    from autoseg.planners import ExperimentPlanner
 
     ds = RawDataset.load(folder)
     out = pre / ds.name

@@ -1,6 +1,6 @@
 """Training throughput of the default Trainer, data loading included, and of the loader alone.
 
-For each configuration a synthetic cache (``trainers.synthetic_cache``) with the configuration's patch
+For each configuration a synthetic cache (``autoseg.trainers.synthetic_cache``) with the configuration's patch
 and topology is written once; then
 
 * loader: patches per second of the training loader (sampling + batchgenerators augmentation) with
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from autoseg.plans import load_plans
-from trainers.synthetic_cache import synthetic_plans, write_synthetic_cache
-from trainers.trainer import Trainer
+from autoseg.trainers.synthetic_cache import synthetic_plans, write_synthetic_cache
+from autoseg.trainers.trainer import Trainer
 
 # name -> (patch, batch, network config, cached volume shape, spacing)
 CONFIGS: dict[str, tuple] = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evaluation.folder import evaluate_folder, labels_from_dataset_json
-from evaluation.summary import format_summary_table
+from autoseg.evaluation.folder import evaluate_folder, labels_from_dataset_json
+from autoseg.evaluation.summary import format_summary_table
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

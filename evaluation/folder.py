@@ -22,9 +22,9 @@ import numpy as np
 from autoseg import AutosegError
 from autoseg.io import IMAGE_SUFFIXES, Geometry, read_header, strip_suffix
 from autoseg.utils import atomic_path, load_json, save_json
-from evaluation.metrics import METRIC_KEYS, compute_metrics, label_names
-from evaluation.summary import summarise
-from evaluation.tolerances import get_preset, resolve_tolerances
+from autoseg.evaluation.metrics import METRIC_KEYS, compute_metrics, label_names
+from autoseg.evaluation.summary import summarise
+from autoseg.evaluation.tolerances import get_preset, resolve_tolerances
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def present_labels(*arrays: np.ndarray) -> dict[int, None]:
     """Positive integer values present in any of the arrays (cheap: max, then one bbox pass)."""
     from scipy import ndimage
 
-    from evaluation.metrics import as_label_array
+    from autoseg.evaluation.metrics import as_label_array
 
     found: set[int] = set()
     for a in arrays:
@@ -143,7 +143,7 @@ def score_case(case_id: str, gt_path: Path, pred_path: Path, labels: Mapping[int
 
 def _quiet_worker() -> None:
     """The parent has already warned about tolerances; workers would repeat it on stderr."""
-    logging.getLogger("evaluation.tolerances").setLevel(logging.ERROR)
+    logging.getLogger("autoseg.evaluation.tolerances").setLevel(logging.ERROR)
 
 
 def _run_cases(jobs: list[tuple], num_workers: int, progress: bool) -> list[tuple]:

@@ -17,8 +17,8 @@ import numpy as np
 from scipy import ndimage
 
 from autoseg import AutosegError
-from evaluation.surface import robust_hausdorff, surface_dice, surface_distances
-from evaluation.tolerances import TolerancePreset, resolve_tolerances
+from autoseg.evaluation.surface import robust_hausdorff, surface_dice, surface_distances
+from autoseg.evaluation.tolerances import TolerancePreset, resolve_tolerances
 
 log = logging.getLogger(__name__)
 

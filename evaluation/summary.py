@@ -6,7 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
-from evaluation.metrics import METRIC_KEYS
+from autoseg.evaluation.metrics import METRIC_KEYS
 
 
 def _stats(values: list[float]) -> dict[str, float | int | None]:

@@ -3,9 +3,9 @@
 Heavy modules load on first use so ``import inference`` (e.g. by the trainer for
 ``predict_sliding_window``) stays cheap.
 """
-from inference.cli import add_cli_arguments, run_from_args, run_inference
-from inference.postprocessing import apply_postprocessing, learn_postprocessing
-from inference.sliding_window import iter_sliding_window, predict_sliding_window
+from autoseg.inference.cli import add_cli_arguments, run_from_args, run_inference
+from autoseg.inference.postprocessing import apply_postprocessing, learn_postprocessing
+from autoseg.inference.sliding_window import iter_sliding_window, predict_sliding_window
 
 __all__ = ["CascadePredictor", "run_inference", "add_cli_arguments", "run_from_args", "predict_sliding_window",
            "iter_sliding_window", "learn_postprocessing", "apply_postprocessing"]
@@ -13,7 +13,7 @@ __all__ = ["CascadePredictor", "run_inference", "add_cli_arguments", "run_from_a
 
 def __getattr__(name: str):
     if name == "CascadePredictor":
-        from inference.predictor import CascadePredictor
+        from autoseg.inference.predictor import CascadePredictor
 
         return CascadePredictor
-    raise AttributeError(f"module 'inference' has no attribute {name!r}")
+    raise AttributeError(f"module 'autoseg.inference' has no attribute {name!r}")

@@ -71,8 +71,8 @@ def run_inference(input_path: str, output_dir: str, task: str | int, trainer: st
     # Before CUDA starts: growable segments keep the allocator's reserve near what is really in use
     # (the peak GPU memory FLARE measures), at no cost in speed.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    from inference.predictor import CascadePredictor
-    from inference.profiling import format_profile
+    from autoseg.inference.predictor import CascadePredictor
+    from autoseg.inference.profiling import format_profile
 
     if folds is not None:
         folds = [int(f) if str(f).isdigit() else str(f) for f in folds]

@@ -16,7 +16,7 @@ from autoseg import AutosegError
 from autoseg.paths import dataset_name, find_dataset_folder, results_root
 from autoseg.plans import STAGES, num_outputs, stage_classes, validate_plans
 from autoseg.utils import load_json
-from inference.postprocessing import merge_fold_rules
+from autoseg.inference.postprocessing import merge_fold_rules
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAMES = ("checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt")

@@ -107,7 +107,7 @@ def learn_postprocessing(cases: Sequence[tuple[Any, Any]], labels: Sequence[int]
     where a rule is ``{"keep_largest": true}`` or ``{"min_size": N}`` (plus ``min_volume_mm3`` when the
     cases' ``spacing`` is given) and appears only if it improved that label's mean DSC on these cases.
     """
-    from evaluation.metrics import dice
+    from autoseg.evaluation.metrics import dice
 
     arrays = [(np.asarray(p.cpu() if isinstance(p, torch.Tensor) else p),
                np.asarray(g.cpu() if isinstance(g, torch.Tensor) else g)) for p, g in cases]

@@ -22,11 +22,11 @@ from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
 from autoseg.utils import save_npz
-from inference.fused_resample import SlabArgmaxResampler
-from inference.models import StageModel, find_stage_checkpoints, load_stage_model
-from inference.postprocessing import apply_postprocessing
-from inference.profiling import CaseProfile, MemorySampler
-from inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
+from autoseg.inference.fused_resample import SlabArgmaxResampler
+from autoseg.inference.models import StageModel, find_stage_checkpoints, load_stage_model
+from autoseg.inference.postprocessing import apply_postprocessing
+from autoseg.inference.profiling import CaseProfile, MemorySampler
+from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class CascadePredictor:
                      profile: CaseProfile | None = None) -> None:
         """Read one image (file or DICOM folder), predict, write the mask with the input's geometry."""
         from autoseg.io import read_image, write_image
-        from inference.io_threads import check_volume
+        from autoseg.inference.io_threads import check_volume
 
         arr, geom = read_image(path)
         check_volume(arr, Path(path))
@@ -336,7 +336,7 @@ class CascadePredictor:
                        on_profile: Callable[[str, dict], None] | None = None) -> list[tuple[str, str]]:
         """Predict every case under ``input_path`` into ``output_dir``; return ``[(case, reason)]`` of
         the cases that failed. Reading (next case) and writing (previous case) overlap the compute."""
-        from inference.io_threads import BackgroundWriter, list_cases, prefetch
+        from autoseg.inference.io_threads import BackgroundWriter, list_cases, prefetch
 
         cases, skipped = list_cases(input_path)
         for name, why in skipped:

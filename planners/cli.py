@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from planners.pipeline import plan_and_preprocess
+from autoseg.planners.pipeline import plan_and_preprocess
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ U-Net on CPU), so a whole cascade trains in minutes while large organs stay well
 """
 from __future__ import annotations
 
-from planners.experiment_planner import ExperimentPlanner
+from autoseg.planners.experiment_planner import ExperimentPlanner
 
 
 class CPUPlanner(ExperimentPlanner):

@@ -14,8 +14,8 @@ import numpy as np
 
 from autoseg import AutosegError
 from autoseg.plans import SCHEMA_VERSION, STAGES, validate_plans
-from planners.memory import GIB, estimate_training_bytes
-from planners.topology import get_topology, total_stride
+from autoseg.planners.memory import GIB, estimate_training_bytes
+from autoseg.planners.topology import get_topology, total_stride
 
 log = logging.getLogger(__name__)
 

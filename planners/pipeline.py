@@ -14,7 +14,7 @@ from autoseg.paths import find_dataset_folder, preprocessed_root, raw_root
 from autoseg.plans import STAGES, load_plans, save_plans
 from autoseg.preprocessing.preprocessor import preprocess_dataset
 from autoseg.utils import atomic_path
-from planners.registry import find_planner
+from autoseg.planners.registry import find_planner
 
 log = logging.getLogger(__name__)
 

@@ -15,17 +15,17 @@ import sys
 from pathlib import Path
 
 from autoseg import AutosegError
-from planners.experiment_planner import ExperimentPlanner
+from autoseg.planners.experiment_planner import ExperimentPlanner
 
 log = logging.getLogger(__name__)
 ENV_VAR = "AUTOSEG_PLANNER_PATH"
 
 
 def _package_modules() -> list:
-    import planners
+    import autoseg.planners as planners
 
     mods = []
-    for info in pkgutil.walk_packages(planners.__path__, prefix="planners."):
+    for info in pkgutil.walk_packages(planners.__path__, prefix="autoseg.planners."):
         try:
             mods.append(importlib.import_module(info.name))
         except Exception as e:  # a broken optional module must not hide the working planners

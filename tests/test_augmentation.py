@@ -5,7 +5,7 @@ import pytest
 from autoseg.augmentation import (AugmentationConfig, SpatialAugmenter, SpatialParams, is_anisotropic,
                                   training_transforms)
 from autoseg.utils import save_npz
-from trainers.data import BatchStream, CaseStore, PatchSampler, crop_padded, open_case_arrays
+from autoseg.trainers.data import BatchStream, CaseStore, PatchSampler, crop_padded, open_case_arrays
 
 
 def _volume(shape=(30, 40, 50)):

@@ -56,7 +56,7 @@ def test_pid_helpers_include_self():
 
 
 def test_our_phase_line_is_parsed():
-    text = ("12:00:00 INFO planners.pipeline: plan_and_preprocess Dataset501_X: verify 0.3s, fingerprint 1.3s, "
+    text = ("12:00:00 INFO autoseg.planners.pipeline: plan_and_preprocess Dataset501_X: verify 0.3s, fingerprint 1.3s, "
             "plan 0.0s, preprocess 4.9s\n")
     assert harness.our_phases(text) == {"verify_s": 0.3, "fingerprint_s": 1.3, "plan_s": 0.0, "preprocess_s": 4.9}
     assert harness.our_phases("nothing here") is None

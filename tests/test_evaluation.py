@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from autoseg import AutosegError
-from evaluation import compute_metrics, dice, robust_hausdorff, surface_dice, surface_distances
-from evaluation.metrics import score_class
-from evaluation.surface import mask_surface, nearest_distances, surfel_area_table
+from autoseg.evaluation import compute_metrics, dice, robust_hausdorff, surface_dice, surface_distances
+from autoseg.evaluation.metrics import score_class
+from autoseg.evaluation.surface import mask_surface, nearest_distances, surfel_area_table
 
 SQ3 = math.sqrt(3)
 

@@ -11,8 +11,8 @@ import pytest
 
 from autoseg import AutosegError
 from autoseg.io import Geometry, write_image
-from evaluation import evaluate_folder, format_summary_table
-from evaluation.cli import add_cli_arguments, run_from_args
+from autoseg.evaluation import evaluate_folder, format_summary_table
+from autoseg.evaluation.cli import add_cli_arguments, run_from_args
 
 GEO = Geometry((2.0, 1.0, 1.0), (10.0, -5.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (8, 12, 10))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from autoseg import AutosegError
-from evaluation.tolerances import canonical_organ, get_preset, resolve_tolerances
+from autoseg.evaluation.tolerances import canonical_organ, get_preset, resolve_tolerances
 
 
 @pytest.mark.parametrize("name,organ", [

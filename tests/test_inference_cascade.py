@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.metrics import dice
-from inference.predictor import CascadePredictor, device_bbox
-from inference.random_models import tiny_plans, write_random_checkpoints
+from autoseg.evaluation.metrics import dice
+from autoseg.inference.predictor import CascadePredictor, device_bbox
+from autoseg.inference.random_models import tiny_plans, write_random_checkpoints
 
 SPACING = (2.0, 1.5, 1.5)
 
@@ -140,7 +140,7 @@ def test_device_bbox():
 
 
 def test_cuda_oom_falls_back_to_lean_path(predictor, monkeypatch, caplog):
-    from inference.profiling import CaseProfile
+    from autoseg.inference.profiling import CaseProfile
 
     img, _ = phantom()
     vol, box, sm = torch.from_numpy(img), [[0, s] for s in img.shape], predictor.stages["organ"]
@@ -165,7 +165,7 @@ def test_cuda_oom_falls_back_to_lean_path(predictor, monkeypatch, caplog):
 def test_loaded_conv_weights_in_autocast_dtype_same_logits(tmp_path):
     """Checkpoints loaded for bf16/fp16 inference keep conv weights in that dtype (half the memory):
     the logits are bit-identical to autocasting float32 weights."""
-    from inference.models import load_stage_model
+    from autoseg.inference.models import load_stage_model
 
     ckpts = write_random_checkpoints(tiny_plans(), tmp_path)
     lean = CascadePredictor(ckpts, device="cpu", precision="bf16")

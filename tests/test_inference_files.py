@@ -9,9 +9,9 @@ import SimpleITK as sitk
 
 from autoseg.cli import main as cli_main
 from autoseg.io import read_image
-from inference import run_inference
-from inference.io_threads import case_for, list_cases
-from inference.random_models import tiny_plans, write_random_checkpoints
+from autoseg.inference import run_inference
+from autoseg.inference.io_threads import case_for, list_cases
+from autoseg.inference.random_models import tiny_plans, write_random_checkpoints
 
 
 def _rot(deg):

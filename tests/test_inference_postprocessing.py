@@ -3,7 +3,7 @@ import json
 import numpy as np
 import torch
 
-from inference.postprocessing import apply_postprocessing, learn_postprocessing, merge_fold_rules
+from autoseg.inference.postprocessing import apply_postprocessing, learn_postprocessing, merge_fold_rules
 
 
 def _case(rng, stray: bool, two_parts: bool):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from inference.sliding_window import (compute_steps, gaussian_importance_map, iter_sliding_window,
+from autoseg.inference.sliding_window import (compute_steps, gaussian_importance_map, iter_sliding_window,
                                       predict_sliding_window)
 
 
@@ -69,7 +69,7 @@ def test_wrong_channel_count_is_reported():
 def test_fused_resample_argmax_equals_trilinear(ins, outs, budget):
     import torch.nn.functional as F
 
-    from inference.fused_resample import SlabArgmaxResampler
+    from autoseg.inference.fused_resample import SlabArgmaxResampler
 
     g = torch.Generator().manual_seed(0)
     lg = torch.randn(4, *ins, generator=g)

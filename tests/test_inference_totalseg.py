@@ -4,8 +4,8 @@ import pytest
 import SimpleITK as sitk
 
 from autoseg.io import read_image
-from inference import run_inference
-from inference.random_models import tiny_plans, write_random_checkpoints
+from autoseg.inference import run_inference
+from autoseg.inference.random_models import tiny_plans, write_random_checkpoints
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import pytest
 from autoseg import AutosegError
 from autoseg.fingerprint import summarize
 from autoseg.plans import validate_plans
-from planners import ExperimentPlanner, find_planner
-from planners.memory import GIB, estimate_training_bytes
-from planners.topology import get_topology, total_stride
+from autoseg.planners import ExperimentPlanner, find_planner
+from autoseg.planners.memory import GIB, estimate_training_bytes
+from autoseg.planners.topology import get_topology, total_stride
 
 ORGANS = {"background": 0, "liver": 1, "spleen": 2, "kidney": 3}
 
@@ -183,7 +183,7 @@ def test_find_planner_registry(tmp_path, monkeypatch):
     folder = tmp_path / "myplanners"
     folder.mkdir()
     (folder / "fine.py").write_text(
-        "from planners import ExperimentPlanner\n"
+        "from autoseg.planners import ExperimentPlanner\n"
         "class FinePlanner(ExperimentPlanner):\n"
         "    organ_spacing_floor_mm = (1.0, 1.0, 1.0)\n")
     cls = find_planner("FinePlanner", [str(folder)])

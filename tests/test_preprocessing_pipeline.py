@@ -78,7 +78,7 @@ def _mtimes(folder: Path) -> dict:
 
 
 def test_plan_and_preprocess_writes_contract_outputs(tiny):
-    from planners import plan_and_preprocess
+    from autoseg.planners import plan_and_preprocess
 
     raw, pre = tiny
     out = plan_and_preprocess(990, raw=raw, preprocessed=pre, num_workers=1, progress=False)
@@ -110,7 +110,7 @@ def test_plan_and_preprocess_writes_contract_outputs(tiny):
 
 
 def test_rerun_skips_valid_and_redoes_corrupt(tiny):
-    from planners import plan_and_preprocess
+    from autoseg.planners import plan_and_preprocess
 
     raw, pre = tiny
     out = plan_and_preprocess(990, raw=raw, preprocessed=pre, num_workers=1, progress=False)
@@ -129,7 +129,7 @@ def test_rerun_skips_valid_and_redoes_corrupt(tiny):
 
 
 def test_hand_edited_plans_are_respected_and_invalidate_cache(tiny):
-    from planners import plan_and_preprocess
+    from autoseg.planners import plan_and_preprocess
 
     raw, pre = tiny
     out = plan_and_preprocess(990, raw=raw, preprocessed=pre, num_workers=1, progress=False, stages=["organ"])
@@ -146,7 +146,7 @@ def test_hand_edited_plans_are_respected_and_invalidate_cache(tiny):
 
 
 def test_integrity_problems_abort_with_all_listed(tiny):
-    from planners import plan_and_preprocess
+    from autoseg.planners import plan_and_preprocess
 
     raw, pre = tiny
     folder = raw / "Dataset990_Tiny"
@@ -162,7 +162,7 @@ def test_resume_after_killed_run(tmp_path):
     while the cases finished before the kill are not redone."""
     raw, pre = tmp_path / "raw", tmp_path / "pre"
     make_tiny_dataset(raw, n=4, shape=(32, 56, 56))
-    code = ("import sys; from planners import plan_and_preprocess; "
+    code = ("import sys; from autoseg.planners import plan_and_preprocess; "
             f"plan_and_preprocess(990, raw={str(raw)!r}, preprocessed={str(pre)!r}, num_workers=1, progress=False)")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env)
@@ -179,7 +179,7 @@ def test_resume_after_killed_run(tmp_path):
     proc.wait()
     out = pre / "Dataset990_Tiny"
     finished = {p.stem: p.stat().st_mtime_ns for p in done_cases()}
-    from planners import plan_and_preprocess
+    from autoseg.planners import plan_and_preprocess
 
     plan_and_preprocess(990, raw=raw, preprocessed=pre, num_workers=2, progress=False)
     for i in range(4):

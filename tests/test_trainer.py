@@ -13,8 +13,8 @@ import torch
 
 from autoseg import AutosegError
 from autoseg.plans import load_plans
-from trainers import Trainer, find_trainer, run_training
-from trainers.synthetic_cache import synthetic_plans, write_synthetic_cache
+from autoseg.trainers import Trainer, find_trainer, run_training
+from autoseg.trainers.synthetic_cache import synthetic_plans, write_synthetic_cache
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "Dataset900_Tiny"
@@ -22,7 +22,7 @@ NAME = "Dataset900_Tiny"
 # Exactly the trainer the README shows (also kept in the lead's notes for pasting).
 README_TRAINER = '''\
 # my_trainers/my_trainer.py  --  run with: AUTOSEG_TRAINER_PATH=my_trainers autoseg run_training organ MyTrainer 501 0
-from trainers import Trainer
+from autoseg.trainers import Trainer
 
 
 class MyTrainer(Trainer):
@@ -80,7 +80,7 @@ def test_registry_errors_name_places(tmp_path, monkeypatch):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
         d.mkdir()
-        (d / "dup.py").write_text("from trainers import Trainer\n\nclass TrainerDup(Trainer):\n    pass\n")
+        (d / "dup.py").write_text("from autoseg.trainers import Trainer\n\nclass TrainerDup(Trainer):\n    pass\n")
     with pytest.raises(AutosegError, match=r"defined twice.*a[/\\]dup\.py.*b[/\\]dup\.py"):
         find_trainer("TrainerDup", [a, b])
     with pytest.raises(AutosegError, match=r"not found; known trainers: .*TrainerShort"):
@@ -145,14 +145,14 @@ def test_pretrained_and_variants(cache, tmp_path):
     base.fit()
     plans = load_plans(cache / NAME / "plans.json")
     plans["stages"]["organ"]["classes"] = [1]  # a different head: must be skipped, the rest loaded
-    from trainers import TrainerFinetune, TrainerTumourDynamicWeights
+    from autoseg.trainers import TrainerFinetune, TrainerTumourDynamicWeights
     with pytest.raises(AutosegError, match="--pretrained"):
         TrainerFinetune(plans, "organ", 0, cache / NAME, "cpu", tmp_path / "ft", num_epochs=1,
                         iters_per_epoch=1, num_workers=0).fit()
     ft = TrainerFinetune(plans, "organ", 0, cache / NAME, "cpu", tmp_path / "ft", num_epochs=1,
                          iters_per_epoch=1, num_workers=0, pretrained=tmp_path / "base" / "checkpoint_final.pt")
     ft.initialize()
-    from trainers.checkpoint import load_matching_weights
+    from autoseg.trainers.checkpoint import load_matching_weights
     loaded, skipped = load_matching_weights(ft.network, base.network.state_dict())
     assert skipped and all("seg" in s or "head" in s or "out" in s for s in skipped), skipped
     assert len(loaded) > len(skipped)
@@ -175,7 +175,7 @@ def test_bad_fold_and_stage(cache, tmp_path):
 
 DDP_PROBE = textwrap.dedent('''
     import torch
-    from trainers import Trainer
+    from autoseg.trainers import Trainer
 
 
     class TrainerDDPProbe(Trainer):
@@ -190,7 +190,7 @@ DDP_PROBE = textwrap.dedent('''
 
 DDP_DRIVER = textwrap.dedent('''
     import sys
-    from trainers import run_training
+    from autoseg.trainers import run_training
     run_training("organ", "TrainerDDPProbe", 900, 0, epochs=1, iters_per_epoch=2, device="cpu",
                  num_workers=0, trainer_path=sys.argv[1], preprocessed=sys.argv[2], results=sys.argv[3])
 ''')
@@ -221,7 +221,7 @@ def test_ddp_two_gloo_processes(cache, tmp_path):
 
 HANG_PROBE = textwrap.dedent('''
     import os, sys, time
-    from trainers import Trainer
+    from autoseg.trainers import Trainer
 
 
     class TrainerHangs(Trainer):
@@ -245,7 +245,7 @@ def test_sigkilled_trainer_leaves_no_orphan_workers(cache, tmp_path):
     (tmp_path / "tp").mkdir()
     (tmp_path / "tp" / "hang.py").write_text(HANG_PROBE)
     pids_file = tmp_path / "pids.txt"
-    code = ("import sys; from trainers import run_training; run_training('organ', 'TrainerHangs', 900, 0, "
+    code = ("import sys; from autoseg.trainers import run_training; run_training('organ', 'TrainerHangs', 900, 0, "
             "device='cpu', num_workers=2, trainer_path=sys.argv[1], preprocessed=sys.argv[2], results=sys.argv[3])")
     env = {**os.environ, "PYTHONPATH": str(REPO), "PIDS_FILE": str(pids_file)}
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "tp"), str(cache), str(tmp_path / "r")],
@@ -269,7 +269,7 @@ def test_sigkilled_trainer_leaves_no_orphan_workers(cache, tmp_path):
 
 
 def test_splits_are_deterministic_and_cover_small_datasets(tmp_path):
-    from trainers.splits import fold_cases, load_or_create_splits, make_splits
+    from autoseg.trainers.splits import fold_cases, load_or_create_splits, make_splits
 
     ids = [f"c{i}" for i in range(12)]
     a, b = make_splits(ids), make_splits(list(reversed(ids)))
@@ -289,7 +289,7 @@ def test_splits_are_deterministic_and_cover_small_datasets(tmp_path):
 
 def test_stage_grid_geometry_places_the_crop():
     from autoseg.io import Geometry
-    from trainers.validation import stage_grid_geometry
+    from autoseg.trainers.validation import stage_grid_geometry
 
     orig = Geometry((3.0, 0.5, 0.5), (10.0, 20.0, 30.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (50, 100, 100))
     props = {"original_geometry": orig.to_dict(), "crop_bbox": [[5, 45], [10, 90], [20, 80]]}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainers.run import run_training
+from autoseg.trainers.run import run_training
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

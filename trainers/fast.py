@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from trainers.schedule import PolyLR
-from trainers.trainer import Trainer
+from autoseg.trainers.schedule import PolyLR
+from autoseg.trainers.trainer import Trainer
 
 
 class TrainerFast(Trainer):

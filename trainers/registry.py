@@ -44,7 +44,7 @@ def trainer_folders(extra: Iterable[str | os.PathLike] | str | os.PathLike | Non
 
 
 def _trainer_classes(module: ModuleType) -> list[type]:
-    from trainers.trainer import Trainer
+    from autoseg.trainers.trainer import Trainer
 
     return [obj for _, obj in inspect.getmembers(module, inspect.isclass)
             if issubclass(obj, Trainer) and obj.__module__ == module.__name__]
@@ -72,9 +72,9 @@ def _import_file(path: Path) -> ModuleType:
 
 
 def _package_modules() -> list[ModuleType]:
-    import trainers
+    import autoseg.trainers as trainers
 
-    return [importlib.import_module(f"trainers.{m.name}") for m in pkgutil.iter_modules(trainers.__path__)]
+    return [importlib.import_module(f"autoseg.trainers.{m.name}") for m in pkgutil.iter_modules(trainers.__path__)]
 
 
 def known_trainers(extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> dict[str, list[tuple[type, str]]]:

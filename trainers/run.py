@@ -17,9 +17,9 @@ from typing import Iterator
 from autoseg import AutosegError
 from autoseg.paths import find_dataset_folder, preprocessed_root, results_root
 from autoseg.plans import load_plans
-from trainers import distributed as ddp
-from trainers.registry import find_trainer
-from trainers.splits import parse_fold
+from autoseg.trainers import distributed as ddp
+from autoseg.trainers.registry import find_trainer
+from autoseg.trainers.splits import parse_fold
 from autoseg.devices import resolve_device
 
 

@@ -28,13 +28,13 @@ from autoseg.networks import build_network, deep_supervision_scales
 from autoseg.paths import results_root
 from autoseg.plans import num_outputs, stage_classes
 from autoseg.utils import seed_everything
-from trainers import distributed as ddp
+from autoseg.trainers import distributed as ddp
 from autoseg.devices import cpu_bf16_supported, resolve_device
-from trainers.checkpoint import load_checkpoint, load_pretrained, rng_state, save_checkpoint, set_rng_state
-from trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler, seed_process
-from trainers.progress import TrainingLog
-from trainers.schedule import PolyLR
-from trainers.splits import fold_cases, load_or_create_splits, parse_fold
+from autoseg.trainers.checkpoint import load_checkpoint, load_pretrained, rng_state, save_checkpoint, set_rng_state
+from autoseg.trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler, seed_process
+from autoseg.trainers.progress import TrainingLog
+from autoseg.trainers.schedule import PolyLR
+from autoseg.trainers.splits import fold_cases, load_or_create_splits, parse_fold
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +390,6 @@ class Trainer:
 
     def final_validation(self) -> None:
         """Sliding-window prediction of the fold's validation cases -> validation/ + postprocessing.json."""
-        from trainers.validation import validate_fold
+        from autoseg.trainers.validation import validate_fold
 
         validate_fold(self)

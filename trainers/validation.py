@@ -16,11 +16,11 @@ import torch
 
 from autoseg.io import Geometry, read_image, write_image
 from autoseg.utils import load_json, save_json
-from trainers import distributed as ddp
-from trainers.data import open_case_arrays
+from autoseg.trainers import distributed as ddp
+from autoseg.trainers.data import open_case_arrays
 
 if TYPE_CHECKING:
-    from trainers.trainer import Trainer
+    from autoseg.trainers.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def to_original_labels(local: np.ndarray, class_values: list[int]) -> np.ndarray
 
 def predict_case(trainer: "Trainer", data: np.ndarray) -> np.ndarray:
     """Stage-local argmax labels of one cached volume."""
-    from inference.sliding_window import predict_sliding_window
+    from autoseg.inference.sliding_window import predict_sliding_window
 
     image = torch.from_numpy(np.asarray(data, dtype=np.float32)).to(trainer.device)
     logits = predict_sliding_window(trainer.network, image, trainer.patch_size, trainer.num_classes,
@@ -57,10 +57,10 @@ def predict_case(trainer: "Trainer", data: np.ndarray) -> np.ndarray:
 
 def validate_fold(trainer: "Trainer") -> dict | None:
     """Predict and score this rank's share of the validation cases; rank 0 writes the merged results."""
-    from evaluation.folder import write_metrics_csv
-    from evaluation.metrics import compute_metrics
-    from evaluation.summary import summarise
-    from evaluation.tolerances import get_preset, resolve_tolerances
+    from autoseg.evaluation.folder import write_metrics_csv
+    from autoseg.evaluation.metrics import compute_metrics
+    from autoseg.evaluation.summary import summarise
+    from autoseg.evaluation.tolerances import get_preset, resolve_tolerances
 
     if str(trainer.fold) == "all":
         trainer.write_log("fold 'all' has no held-out cases: final validation skipped")
@@ -112,7 +112,7 @@ def validate_fold(trainer: "Trainer") -> dict | None:
         gt = to_original_labels(np.asarray(seg[0]), trainer.class_values)
         gt[np.asarray(seg[0]) < 0] = 0
         pairs.append((pred, gt))
-    from inference.postprocessing import learn_postprocessing
+    from autoseg.inference.postprocessing import learn_postprocessing
 
     rules = learn_postprocessing(pairs, trainer.class_values)
     save_json(rules, trainer.output_folder / "postprocessing.json")

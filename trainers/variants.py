@@ -8,8 +8,8 @@ from torch import nn
 
 from autoseg import AutosegError
 from autoseg.losses import IGNORE_LABEL, DiceCELoss
-from trainers import distributed as ddp
-from trainers.trainer import Trainer
+from autoseg.trainers import distributed as ddp
+from autoseg.trainers.trainer import Trainer
 
 
 class TrainerShort(Trainer):

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from trainers.fast import TrainerFast
-from trainers.trainer import Trainer
+from autoseg.trainers.fast import TrainerFast
+from autoseg.trainers.trainer import Trainer
 
 
 class AutosegBenchTrainer(Trainer):
