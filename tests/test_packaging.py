@@ -40,3 +40,20 @@ def test_no_module_imports_a_bare_stage_name():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if ".venv" not in p.parts and bare.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def test_source_checkout_without_install(tmp_path):
+    """A copy of the repository that was never pip-installed still imports the stages under autoseg."""
+    import pathlib
+    import shutil
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for name in ("autoseg", *STAGES):
+        shutil.copytree(root / name, tmp_path / "repo" / name, ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys\n"
+            "sys.meta_path = [f for f in sys.meta_path if 'editable' not in str(getattr(f, '__module__', '')).lower()]\n"
+            "sys.path.insert(0, %r)\n"
+            "import autoseg.evaluation, autoseg.planners\n"
+            "print(autoseg.evaluation.__file__)" % str(tmp_path / "repo"))
+    out = _run_outside_repo(tmp_path, code)
+    assert out == str(tmp_path / "repo" / "evaluation" / "__init__.py")
