@@ -26,7 +26,7 @@ setup(
     install_requires=[
         # torch is deliberately unpinned here: install torch==2.13.0 first (see README / Makefile)
         # so pip does not pull a multi-GB CUDA build on CPU machines.
-        "torch>=2.1",
+        "torch>=2.4",  # device-typed autocast API (autoseg.devices.TORCH_MIN)
         "numpy>=1.24",
         "SimpleITK>=2.2",
         "batchgenerators>=0.25",

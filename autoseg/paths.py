@@ -38,6 +38,21 @@ def results_root(override: str | os.PathLike | None = None) -> Path:
 _NAME_RE = re.compile(r"^(Dataset|Task)(\d+)_(.+)$")
 
 
+def check_dataset_name(name: object, where: str, folder: str | os.PathLike | None = None) -> str:
+    """``name`` if it follows the dataset naming rule (``DatasetNNN_Name`` / ``TaskNNN_Name``, one path
+    component) and, when ``folder`` is a dataset folder, equals its name: the name becomes a results
+    path, so ``../x`` or an absolute path would write outside ``AUTOSEG_RESULTS``."""
+    ok = (isinstance(name, str) and _NAME_RE.match(name) is not None and Path(name).name == name
+          and not any(c in name for c in "/\\\0:") and ".." not in name)
+    if not ok:
+        raise AutosegError(f"{where}: plans key 'dataset_name' must be one folder name like Dataset501_Name "
+                           f"or Task501_Name (no path separators or '..'), got {name!r}")
+    if folder is not None and _NAME_RE.match(Path(folder).name) and Path(folder).name != name:
+        raise AutosegError(f"{where}: plans key 'dataset_name' is {name!r} but the plans sit in dataset "
+                           f"folder {Path(folder).name!r}; they must agree")
+    return name
+
+
 def list_datasets(root: Path) -> list[str]:
     if not root.is_dir():
         return []

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from autoseg import AutosegError
+from autoseg.paths import check_dataset_name
 from autoseg.utils import load_json, save_json
 
 SCHEMA_VERSION = 1
@@ -122,7 +123,9 @@ def load_plans(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise AutosegError(f"{path}: plans not found (run 'autoseg plan_and_preprocess' first)")
-    return validate_plans(load_json(path), str(path))
+    plans = validate_plans(load_json(path), str(path))
+    check_dataset_name(plans["dataset_name"], str(path), path.resolve().parent)
+    return plans
 
 
 def save_plans(plans: dict, path: str | os.PathLike) -> None:

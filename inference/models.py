@@ -15,6 +15,7 @@ import torch
 from autoseg import AutosegError
 from autoseg.paths import dataset_name, find_dataset_folder, results_root
 from autoseg.plans import STAGES, num_outputs, stage_classes, validate_plans
+from autoseg.provenance import check_checkpoint_record, check_same_origin
 from autoseg.utils import load_json
 from autoseg.inference.postprocessing import merge_fold_rules
 
@@ -165,6 +166,9 @@ def load_stage_model(stage: str, checkpoints: Sequence[str | os.PathLike], devic
         st = ckpt.get("stage", stage)
         if st != stage or stage not in p["stages"]:
             raise AutosegError(f"{path}: checkpoint is for stage '{st}', expected '{stage}'")
+        check_checkpoint_record(path, ckpt, p, stage)
+        if plans is not None:
+            check_same_origin(path, p, checkpoints[0], plans, "the folds of one stage")
         if plans is not None and p["stages"][stage] != plans["stages"][stage]:
             raise AutosegError(f"{path}: plans for stage '{stage}' differ from {checkpoints[0]}; "
                                "folds of one ensemble must share patch size, spacing and network")

@@ -23,7 +23,8 @@ from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
 from autoseg.utils import save_npz
 from autoseg.inference.fused_resample import SlabArgmaxResampler
-from autoseg.inference.models import StageModel, find_stage_checkpoints, load_stage_model
+from autoseg.inference.models import StageModel, find_stage_checkpoints, load_stage_model, resolve_dataset_dir
+from autoseg.provenance import check_stage_origins
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
@@ -73,7 +74,8 @@ class CascadePredictor:
 
     ``models``: ``{stage: [checkpoint per fold]}`` (or ready ``StageModel``s). Only ``organ`` is
     required: without ``roi`` (or with ``cascade=False``) the organ model sees the whole body-cropped
-    volume; without ``tumour`` no tumour labels are produced.
+    volume; without ``tumour`` no tumour labels are produced. Every stage must come from one dataset
+    with one set of labels, and from ``dataset`` (the ``-t`` of ``from_results``) when given.
     """
 
     roi_min_component_fraction = 0.1  # roi components kept besides the largest (a separate kidney)
@@ -83,7 +85,7 @@ class CascadePredictor:
     def __init__(self, models: dict, device: str | torch.device = "auto", step_size: float = 0.5,
                  tta: bool = False, cascade: bool = True, windows_per_batch: int | None = None,
                  postprocess: bool = True, save_probabilities: bool = False, num_threads: int | None = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", dataset: str | None = None):
         self.device = resolve_device(device)
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -96,6 +98,8 @@ class CascadePredictor:
             for s, m in models.items()}
         if "organ" not in self.stages:
             raise AutosegError(f"no organ model among the stages found ({', '.join(self.stages) or 'none'})")
+        check_stage_origins({s: (sm.plans, sm.checkpoints[0] if sm.checkpoints else s)
+                             for s, sm in self.stages.items()}, dataset)
         # As in preprocessing: the organ model was trained on roi crops only if its input says so.
         self.use_roi = (cascade and "roi" in self.stages
                         and self.stages["organ"].config.get("input", "roi_crop") == "roi_crop")
@@ -133,7 +137,7 @@ class CascadePredictor:
         ckpts = find_stage_checkpoints(task, trainer, stage_trainers, folds, results)
         for stage, paths in ckpts.items():
             log.info("stage %s: %d fold(s) from %s", stage, len(paths), paths[0].parent.parent)
-        return cls(ckpts, **kwargs)
+        return cls(ckpts, dataset=resolve_dataset_dir(task, results).name, **kwargs)
 
     # ------------------------------------------------------------------ array path
     def predict_array(self, image: np.ndarray, spacing: Sequence[float],

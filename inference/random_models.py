@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from autoseg.plans import STAGES, num_outputs, validate_plans
+from autoseg.provenance import checkpoint_provenance
 from autoseg.utils import atomic_path
 
 
@@ -50,7 +51,7 @@ def write_random_checkpoints(plans: dict, results_dir: str | os.PathLike, stages
             net = build_network(plans["stages"][stage]["network"], 1, num_outputs(plans, stage))
             path = Path(results_dir) / plans["dataset_name"] / stage / trainer / f"fold_{fold}" / name
             ckpt = {"network_weights": net.state_dict(), "plans": plans, "stage": stage,
-                    "trainer_name": trainer, "epoch": 0}
+                    "trainer_name": trainer, "epoch": 0, "provenance": checkpoint_provenance(plans, stage)}
             with atomic_path(path, ".pt") as tmp:
                 torch.save(ckpt, tmp)
             out.setdefault(stage, []).append(path)

@@ -17,26 +17,46 @@ from autoseg.utils import atomic_path
 from autoseg.planners.registry import find_planner
 
 log = logging.getLogger(__name__)
+DEFAULT_PLANNER = "ExperimentPlanner"
 
 
-def _resolve_plans(ds: RawDataset, fp: dict, out: Path, planner: str, stages: list[str] | None,
+def _check_kept_plans(dest: Path, plans: dict, planner: str | None, stages: list[str] | None,
+                      target_spacing: list[float] | None) -> None:
+    """Existing plans are kept (they may hold hand edits), so a flag that would plan differently stops
+    the run instead of being ignored."""
+    asked = []
+    if planner and planner != plans.get("planner"):
+        asked.append(f"--planner {planner} (the plans were made by {plans.get('planner')!r})")
+    organ = plans["stages"].get("organ", {}).get("target_spacing")
+    if target_spacing and [float(s) for s in target_spacing] != [float(s) for s in organ or []]:
+        asked.append(f"--target-spacing {' '.join(f'{s:g}' for s in target_spacing)} (planned: {organ})")
+    missing = [s for s in stages or [] if s not in plans["stages"]]
+    if missing:
+        asked.append(f"--stages {' '.join(missing)} (planned: {', '.join(plans['stages'])})")
+    if asked:
+        raise AutosegError(f"{dest} exists and is kept (it may hold hand edits), so {'; '.join(asked)} would "
+                           "not take effect; pass --overwrite-plans to replan (hand edits are lost), or drop the flag")
+
+
+def _resolve_plans(ds: RawDataset, fp: dict, out: Path, planner: str | None, stages: list[str] | None,
                    target_spacing: list[float] | None, gpu_memory_gb: float, plans_file: str | None,
                    overwrite_plans: bool, planner_path: list[str] | str | None) -> dict:
     """A given plans file, else an existing (maybe hand-edited) plans.json, else fresh plans."""
     dest = out / "plans.json"
     if plans_file:
         plans = load_plans(plans_file)
+        if plans["dataset_name"] != ds.name:
+            raise AutosegError(f"{plans_file}: plans key 'dataset_name' is {plans['dataset_name']!r}, this dataset "
+                               f"is {ds.name!r}; set it to {ds.name!r} to reuse these plans")
         if Path(plans_file).resolve() != dest.resolve():
             save_plans(plans, dest)
         log.info("using plans from %s", plans_file)
     elif dest.is_file() and not overwrite_plans:
         plans = load_plans(dest)
-        if target_spacing or (stages and not set(stages) <= set(plans["stages"])):
-            log.warning("%s exists and is kept (it may be hand-edited); pass --overwrite-plans to replan "
-                        "with the new --target-spacing/--stages", dest)
+        _check_kept_plans(dest, plans, planner, stages, target_spacing)
         log.info("using existing plans %s", dest)
     else:
-        cls = find_planner(planner, planner_path)
+        cls = find_planner(planner or DEFAULT_PLANNER, planner_path)
         plans = cls(fp, gpu_memory_gb=gpu_memory_gb, target_spacing=target_spacing, stages=stages).plan()
         save_plans(plans, dest)
         log.info("wrote %s (%s: stages %s)", dest, cls.__name__, ", ".join(plans["stages"]))
@@ -46,13 +66,16 @@ def _resolve_plans(ds: RawDataset, fp: dict, out: Path, planner: str, stages: li
     return plans
 
 
-def plan_and_preprocess(task: str | int, planner: str = "ExperimentPlanner", stages: list[str] | None = None,
+def plan_and_preprocess(task: str | int, planner: str | None = None, stages: list[str] | None = None,
                         target_spacing: list[float] | None = None, gpu_memory_gb: float = 8.0,
                         num_workers: int = 2, raw: str | os.PathLike | None = None,
                         preprocessed: str | os.PathLike | None = None, verify: bool = True,
                         plans_file: str | None = None, progress: bool = True, overwrite_plans: bool = False,
                         planner_path: list[str] | str | None = None) -> Path:
-    """Check, fingerprint, plan and preprocess dataset ``task``; returns its preprocessed folder."""
+    """Check, fingerprint, plan and preprocess dataset ``task``; returns its preprocessed folder.
+
+    ``planner`` defaults to ``DEFAULT_PLANNER``. An existing plans.json is kept unless
+    ``overwrite_plans``; a ``planner``, ``target_spacing`` or ``stages`` it does not match is an error."""
     if stages:
         unknown = [s for s in stages if s not in STAGES]
         if unknown:

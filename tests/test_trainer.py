@@ -65,7 +65,8 @@ def test_readme_user_trainer_found_and_trained(cache, tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     ckpt = torch.load(out / "checkpoint_final.pt", weights_only=True)
     assert {"network_weights", "plans", "stage", "trainer_name", "epoch", "optimizer_state",
-            "grad_scaler_state", "rng_state", "logs"} <= set(ckpt)
+            "grad_scaler_state", "rng_state", "logs", "provenance"} <= set(ckpt)
+    assert ckpt["provenance"]["dataset_name"] == NAME and ckpt["provenance"]["classes"] == [1, 2]
     assert ckpt["trainer_name"] == "MyTrainer" and ckpt["stage"] == "organ" and ckpt["epoch"] == 1
     log = (out / "training_log.txt").read_text()
     assert "epoch 1/1: train loss" in log and "pseudo dice [liver" in log and "lr 2.00e-02" in log
@@ -85,9 +86,10 @@ def test_registry_errors_name_places(tmp_path, monkeypatch):
         find_trainer("TrainerDup", [a, b])
     with pytest.raises(AutosegError, match=r"not found; known trainers: .*TrainerShort"):
         find_trainer("NoSuchTrainer")
-    (a / "broken.py").write_text("import does_not_exist\n")
+    (a / "broken.py").write_text("import does_not_exist\nfrom autoseg.trainers import Trainer\n\n"
+                                 "class TrainerBroken(Trainer):\n    pass\n")
     with pytest.raises(AutosegError, match="broken.py: cannot import"):
-        find_trainer("TrainerDup", [a])
+        find_trainer("TrainerBroken", [a])
     assert find_trainer("TrainerTumourDynamicWeights").__name__ == "TrainerTumourDynamicWeights"
 
 
@@ -145,11 +147,13 @@ def test_pretrained_and_variants(cache, tmp_path):
     base.fit()
     plans = load_plans(cache / NAME / "plans.json")
     plans["stages"]["organ"]["classes"] = [1]  # a different head: must be skipped, the rest loaded
+    ft_cache = tmp_path / "ft_cache" / NAME  # caches are made per plans: the trainer refuses stale ones
+    write_synthetic_cache(ft_cache, plans, num_cases=6, shape=(20, 36, 36))
     from autoseg.trainers import TrainerFinetune, TrainerTumourDynamicWeights
     with pytest.raises(AutosegError, match="--pretrained"):
-        TrainerFinetune(plans, "organ", 0, cache / NAME, "cpu", tmp_path / "ft", num_epochs=1,
+        TrainerFinetune(plans, "organ", 0, ft_cache, "cpu", tmp_path / "ft", num_epochs=1,
                         iters_per_epoch=1, num_workers=0).fit()
-    ft = TrainerFinetune(plans, "organ", 0, cache / NAME, "cpu", tmp_path / "ft", num_epochs=1,
+    ft = TrainerFinetune(plans, "organ", 0, ft_cache, "cpu", tmp_path / "ft", num_epochs=1,
                          iters_per_epoch=1, num_workers=0, pretrained=tmp_path / "base" / "checkpoint_final.pt")
     ft.initialize()
     from autoseg.trainers.checkpoint import load_matching_weights

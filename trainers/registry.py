@@ -1,16 +1,21 @@
 """Find a trainer class by name in the ``trainers`` package and in user folders.
 
 User folders come from ``--trainer-path`` and ``AUTOSEG_TRAINER_PATH`` (``os.pathsep``-separated).
-Every ``.py`` file there is imported (the folder is put on ``sys.path`` first so files may import
-their neighbours) and each ``Trainer`` subclass *defined* in it is registered under its class name.
-A name defined in two places is refused, naming both files, rather than silently picking one.
+A ``.py`` file there is imported only if its source (read, not run) defines a class with a base class
+or registers a network: scripts and notes are never executed. A file that fails to import is skipped
+with a warning naming it, unless it defines the trainer asked for, which is then a clear error. The
+folder is put on ``sys.path`` first so files may import their neighbours, and each ``Trainer``
+subclass *defined* in a file is registered under its class name. A name defined in two places is
+refused, naming both files, rather than silently picking one.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
 import pkgutil
 import sys
@@ -20,6 +25,7 @@ from typing import Iterable
 
 from autoseg import AutosegError
 
+log = logging.getLogger(__name__)
 ENV_VAR = "AUTOSEG_TRAINER_PATH"
 _loaded_files: dict[tuple[str, float], ModuleType] = {}
 
@@ -71,14 +77,55 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def _declared_classes(path: Path) -> tuple[bool, set[str]]:
+    """(worth importing, names of the classes it defines) from the source text alone. A file that
+    does not parse is worth importing so the caller reports it; its class names come from the text."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True, set()
+    try:
+        tree = ast.parse(text, str(path))
+    except (SyntaxError, ValueError):
+        names = {line.split("class", 1)[1].split("(")[0].split(":")[0].strip()
+                 for line in text.splitlines() if line.lstrip().startswith("class ")}
+        return True, names
+    classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    registers = any(isinstance(n, ast.Name) and n.id == "register_network"
+                    or isinstance(n, ast.Attribute) and n.attr == "register_network" for n in ast.walk(tree))
+    return registers or any(c.bases for c in classes), {c.name for c in classes}
+
+
+def _folder_modules(folder: Path, wanted: str | None) -> list[tuple[Path, ModuleType]]:
+    """Import the trainer/network files of ``folder``; skip (with a warning) those that fail, unless
+    they define ``wanted``."""
+    out = []
+    for path in sorted(folder.rglob("*.py")):
+        if "__pycache__" in path.parts or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        relevant, names = _declared_classes(path)
+        if not relevant:
+            log.debug("%s: defines no class with a base class; not imported", path)
+            continue
+        try:
+            out.append((path, _import_file(path)))
+        except AutosegError as e:
+            if wanted is not None and wanted in names:
+                raise
+            log.warning("%s skipped: %s", path, str(e).split(": ", 1)[-1])
+    return out
+
+
 def _package_modules() -> list[ModuleType]:
     import autoseg.trainers as trainers
 
     return [importlib.import_module(f"autoseg.trainers.{m.name}") for m in pkgutil.iter_modules(trainers.__path__)]
 
 
-def known_trainers(extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> dict[str, list[tuple[type, str]]]:
-    """Every trainer name -> [(class, where it is defined)], from the package and the user folders."""
+def known_trainers(extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None,
+                   wanted: str | None = None) -> dict[str, list[tuple[type, str]]]:
+    """Every trainer name -> [(class, where it is defined)], from the package and the user folders
+    (a user file that fails to import is an error only if it defines ``wanted``)."""
     found: dict[str, list[tuple[type, str]]] = {}
 
     def add(cls: type, where: str) -> None:
@@ -90,17 +137,15 @@ def known_trainers(extra: Iterable[str | os.PathLike] | str | os.PathLike | None
         for cls in _trainer_classes(module):
             add(cls, inspect.getsourcefile(cls) or module.__name__)
     for folder in trainer_folders(extra):
-        for path in sorted(folder.rglob("*.py")):
-            if "__pycache__" in path.parts or any(part.startswith(".") for part in path.relative_to(folder).parts):
-                continue
-            for cls in _trainer_classes(_import_file(path)):
+        for path, module in _folder_modules(folder, wanted):
+            for cls in _trainer_classes(module):
                 add(cls, str(path))
     return found
 
 
 def find_trainer(name: str, extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> type:
     """The one ``Trainer`` subclass called ``name``; a clear error if it is missing or ambiguous."""
-    found = known_trainers(extra)
+    found = known_trainers(extra, name)
     entries = found.get(name)
     if not entries:
         folders = ", ".join(str(f) for f in trainer_folders(extra)) or f"none (set {ENV_VAR} or --trainer-path)"

@@ -14,6 +14,7 @@ import numpy as np
 
 from autoseg.io import Geometry
 from autoseg.plans import save_plans
+from autoseg.preprocessing.cache import stage_hash
 from autoseg.utils import save_json, save_npz
 
 
@@ -76,6 +77,6 @@ def write_synthetic_cache(dataset_folder: str | os.PathLike, plans: dict, stage:
         geom = Geometry(tuple(spacing), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), tuple(shape))
         save_json({"case_id": cid, "stage": stage, "spacing": spacing, "shape": list(shape),
                    "original_geometry": geom.to_dict(), "crop_bbox": [[0, s] for s in shape],
-                   "class_locations": locs}, folder / stage / f"{cid}.json")
+                   "class_locations": locs, "stage_hash": stage_hash(plans, stage)}, folder / stage / f"{cid}.json")
         ids.append(cid)
     return ids

@@ -27,6 +27,7 @@ from autoseg.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_wei
 from autoseg.networks import build_network, deep_supervision_scales
 from autoseg.paths import results_root
 from autoseg.plans import num_outputs, stage_classes
+from autoseg.provenance import check_cache_plans, checkpoint_provenance
 from autoseg.utils import seed_everything
 from autoseg.trainers import distributed as ddp
 from autoseg.devices import cpu_bf16_supported, resolve_device
@@ -168,6 +169,7 @@ class Trainer:
 
     def setup_cases(self) -> None:
         ids = self.stage_case_ids()
+        check_cache_plans(self.dataset_folder, self.stage, ids, self.plans)
         all_ids = set(ids)
         for st in self.plans["stages"]:
             all_ids.update(p.name[:-4] for p in (self.dataset_folder / st).glob("*.npz"))
@@ -317,6 +319,7 @@ class Trainer:
     def checkpoint_payload(self) -> dict[str, Any]:
         weights = {k: v.contiguous() for k, v in self.network.state_dict().items()}
         return {"network_weights": weights, "plans": self.plans, "stage": self.stage,
+                "provenance": checkpoint_provenance(self.plans, self.stage),
                 "trainer_name": type(self).__name__, "fold": str(self.fold), "epoch": self.current_epoch,
                 "num_epochs": self.num_epochs, "iters_per_epoch": self.iters_per_epoch,
                 "optimizer_state": self.optimizer.state_dict(),
