@@ -210,3 +210,36 @@ def training_transforms(patch_size: Sequence[int], cfg: AugmentationConfig | Non
 def validation_transforms() -> Compose:
     """Validation patches are cut at the final size and left untouched."""
     return Compose([])
+
+
+def v2_intensity_transforms(cfg: AugmentationConfig, dummy_2d: bool):
+    """nnU-Net v2's intensity transforms and mirroring (batchgeneratorsv2, one sample at a time)."""
+    from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+    from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
+    from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform as GammaV2
+    from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform as NoiseV2
+    from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform as BlurV2
+    from batchgeneratorsv2.transforms.spatial.low_resolution import SimulateLowResolutionTransform as LowResV2
+    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform as MirrorV2
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.random import RandomTransform
+
+    steps = [
+        (NoiseV2(noise_variance=cfg.noise_variance, p_per_channel=1, synchronize_channels=True), cfg.p_noise),
+        (BlurV2(blur_sigma=cfg.blur_sigma, synchronize_channels=False, synchronize_axes=False, p_per_channel=0.5,
+                benchmark=True), cfg.p_blur),
+        (MultiplicativeBrightnessTransform(multiplier_range=BGContrast(cfg.brightness), synchronize_channels=False,
+                                           p_per_channel=1), cfg.p_brightness),
+        (ContrastTransform(contrast_range=BGContrast((0.75, 1.25)), preserve_range=True, synchronize_channels=False,
+                           p_per_channel=1), cfg.p_contrast),
+        (LowResV2(scale=cfg.lowres_zoom, synchronize_channels=False, synchronize_axes=True,
+                  ignore_axes=(0,) if dummy_2d else None, allowed_channels=None, p_per_channel=0.5), cfg.p_lowres),
+        (GammaV2(gamma=BGContrast(cfg.gamma), p_invert_image=1, synchronize_channels=False, p_per_channel=1,
+                 p_retain_stats=1), cfg.p_gamma_inverted),
+        (GammaV2(gamma=BGContrast(cfg.gamma), p_invert_image=0, synchronize_channels=False, p_per_channel=1,
+                 p_retain_stats=1), cfg.p_gamma),
+    ]
+    out = [RandomTransform(t, p) for t, p in steps if p > 0]
+    if cfg.mirror_axes:
+        out.append(MirrorV2(allowed_axes=tuple(cfg.mirror_axes)))
+    return ComposeTransforms(out)
