@@ -29,7 +29,7 @@ setup(
         "torch>=2.4",  # device-typed autocast API (autoseg.devices.TORCH_MIN)
         "numpy>=1.24",
         "SimpleITK>=2.2",
-        "batchgenerators>=0.25",
+        "batchgeneratorsv2>=0.3",
         "scikit-image>=0.21",
         "scipy>=1.10",
         "nibabel>=5.0",

@@ -1,4 +1,4 @@
-"""Training augmentation: a per-sample spatial transform fused with patch cropping, then batchgenerators.
+"""Training augmentation: a per-sample spatial transform fused with patch cropping, then batchgeneratorsv2.
 
 The pipeline follows nnU-Net's recipe (rotation, scaling, optional elastic deformation, noise, blur,
 brightness, contrast, low-resolution simulation, gamma, mirroring) with one structural change for speed.
@@ -7,8 +7,10 @@ volume) and interpolates all of it through the spatial transform. Here the spati
 *before* cutting: the ~2/3 of samples that are neither rotated nor scaled are cut at the final size with
 no interpolation, and the rest read only the bounding box their own transform touches and are resampled
 with one affine interpolation (``scipy.ndimage.affine_transform``, linear for images, nearest for labels).
-The intensity transforms and mirroring are batchgenerators' own. Every knob lives in
-``AugmentationConfig`` so a trainer subclass changes one field, not the pipeline.
+The intensity transforms and mirroring are batchgeneratorsv2's (nnU-Net v2's, on torch tensors, one
+sample at a time); benchmarks/bench_augmentation.py measures both steps against the libraries'
+alternatives. Every knob lives in ``AugmentationConfig`` so a trainer subclass changes one field, not
+the pipeline.
 
 Patches with a much coarser z than in-plane extent are augmented "2D-style" (nnU-Net's dummy-2D
 augmentation): rotation and scaling are in-plane only, so thick slices are never interpolated across.
@@ -20,12 +22,17 @@ from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
-from batchgenerators.transforms.abstract_transforms import Compose
-from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
-                                                         ContrastAugmentationTransform, GammaTransform)
-from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
-from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
-from batchgenerators.transforms.spatial_transforms import MirrorTransform
+import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
+from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
+from batchgeneratorsv2.transforms.spatial.low_resolution import SimulateLowResolutionTransform
+from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from scipy import ndimage
 
 IGNORE_LABEL = -1
@@ -173,73 +180,56 @@ class SpatialAugmenter:
         return out_d, out_s
 
 
-def intensity_transforms(cfg: AugmentationConfig, dummy_2d: bool) -> list:
-    out = []
-    if cfg.p_noise:
-        out.append(GaussianNoiseTransform(cfg.noise_variance, p_per_sample=cfg.p_noise))
-    if cfg.p_blur:
-        out.append(GaussianBlurTransform(cfg.blur_sigma, different_sigma_per_channel=True,
-                                         p_per_sample=cfg.p_blur, p_per_channel=0.5))
-    if cfg.p_brightness:
-        out.append(BrightnessMultiplicativeTransform(cfg.brightness, p_per_sample=cfg.p_brightness))
-    if cfg.p_contrast:
-        out.append(ContrastAugmentationTransform(p_per_sample=cfg.p_contrast))
-    if cfg.p_lowres:
-        out.append(SimulateLowResolutionTransform(
-            zoom_range=cfg.lowres_zoom, per_channel=True, p_per_channel=0.5, order_downsample=0,
-            order_upsample=1, p_per_sample=cfg.p_lowres, ignore_axes=(0,) if dummy_2d else None))
-    if cfg.p_gamma_inverted:
-        out.append(GammaTransform(cfg.gamma, invert_image=True, per_channel=True, retain_stats=True,
-                                  p_per_sample=cfg.p_gamma_inverted))
-    if cfg.p_gamma:
-        out.append(GammaTransform(cfg.gamma, invert_image=False, per_channel=True, retain_stats=True,
-                                  p_per_sample=cfg.p_gamma))
-    return out
-
-
-def training_transforms(patch_size: Sequence[int], cfg: AugmentationConfig | None = None,
-                        spacing: Sequence[float] | None = None) -> Compose:
-    """Batch transforms after the spatial step: {"data": (B,C,*P) float32, "seg": (B,1,*P) int8}."""
-    cfg = cfg or AugmentationConfig()
-    transforms = intensity_transforms(cfg, use_dummy_2d(cfg, patch_size, spacing))
-    if cfg.mirror_axes:
-        transforms.append(MirrorTransform(tuple(cfg.mirror_axes)))
-    return Compose(transforms)
-
-
-def validation_transforms() -> Compose:
-    """Validation patches are cut at the final size and left untouched."""
-    return Compose([])
-
-
-def v2_intensity_transforms(cfg: AugmentationConfig, dummy_2d: bool):
-    """nnU-Net v2's intensity transforms and mirroring (batchgeneratorsv2, one sample at a time)."""
-    from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
-    from batchgeneratorsv2.transforms.intensity.contrast import BGContrast, ContrastTransform
-    from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform as GammaV2
-    from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform as NoiseV2
-    from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform as BlurV2
-    from batchgeneratorsv2.transforms.spatial.low_resolution import SimulateLowResolutionTransform as LowResV2
-    from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform as MirrorV2
-    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
-    from batchgeneratorsv2.transforms.utils.random import RandomTransform
-
+def intensity_transforms(cfg: AugmentationConfig, dummy_2d: bool) -> list[BasicTransform]:
+    """nnU-Net v2's noise, blur, brightness, contrast, low resolution and gamma, each with its probability."""
     steps = [
-        (NoiseV2(noise_variance=cfg.noise_variance, p_per_channel=1, synchronize_channels=True), cfg.p_noise),
-        (BlurV2(blur_sigma=cfg.blur_sigma, synchronize_channels=False, synchronize_axes=False, p_per_channel=0.5,
-                benchmark=True), cfg.p_blur),
+        (GaussianNoiseTransform(noise_variance=cfg.noise_variance, p_per_channel=1, synchronize_channels=True),
+         cfg.p_noise),
+        # benchmark=False: its FFT-vs-conv trial reruns for each new sigma (3x slower per patch, one thread)
+        (GaussianBlurTransform(blur_sigma=cfg.blur_sigma, synchronize_channels=False, synchronize_axes=False,
+                               p_per_channel=0.5, benchmark=False), cfg.p_blur),
         (MultiplicativeBrightnessTransform(multiplier_range=BGContrast(cfg.brightness), synchronize_channels=False,
                                            p_per_channel=1), cfg.p_brightness),
         (ContrastTransform(contrast_range=BGContrast((0.75, 1.25)), preserve_range=True, synchronize_channels=False,
                            p_per_channel=1), cfg.p_contrast),
-        (LowResV2(scale=cfg.lowres_zoom, synchronize_channels=False, synchronize_axes=True,
-                  ignore_axes=(0,) if dummy_2d else None, allowed_channels=None, p_per_channel=0.5), cfg.p_lowres),
-        (GammaV2(gamma=BGContrast(cfg.gamma), p_invert_image=1, synchronize_channels=False, p_per_channel=1,
-                 p_retain_stats=1), cfg.p_gamma_inverted),
-        (GammaV2(gamma=BGContrast(cfg.gamma), p_invert_image=0, synchronize_channels=False, p_per_channel=1,
-                 p_retain_stats=1), cfg.p_gamma),
+        (SimulateLowResolutionTransform(scale=cfg.lowres_zoom, synchronize_channels=False, synchronize_axes=True,
+                                        ignore_axes=(0,) if dummy_2d else None, allowed_channels=None,
+                                        p_per_channel=0.5), cfg.p_lowres),
+        (GammaTransform(gamma=BGContrast(cfg.gamma), p_invert_image=1, synchronize_channels=False, p_per_channel=1,
+                        p_retain_stats=1), cfg.p_gamma_inverted),
+        (GammaTransform(gamma=BGContrast(cfg.gamma), p_invert_image=0, synchronize_channels=False, p_per_channel=1,
+                        p_retain_stats=1), cfg.p_gamma),
     ]
-    out = [RandomTransform(t, p) for t, p in steps if p > 0]
+    return [RandomTransform(t, p) for t, p in steps if p > 0]
+
+
+class PerSample:
+    """Applies a batchgeneratorsv2 transform to each sample of a ``{"data", "seg"}`` numpy batch (the
+    library works on single (C, *P) tensors); the batch comes back as numpy arrays."""
+
+    def __init__(self, transform: BasicTransform) -> None:
+        self.transform = transform
+
+    def __call__(self, **batch: np.ndarray) -> dict:
+        data, seg = [], []
+        for d, s in zip(batch["data"], batch["seg"]):
+            out = self.transform(image=torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32)),
+                                 segmentation=torch.from_numpy(np.ascontiguousarray(s)))
+            data.append(out["image"])
+            seg.append(out["segmentation"])
+        return {**batch, "data": torch.stack(data).numpy(), "seg": torch.stack(seg).numpy()}
+
+
+def training_transforms(patch_size: Sequence[int], cfg: AugmentationConfig | None = None,
+                        spacing: Sequence[float] | None = None) -> PerSample:
+    """Batch transforms after the spatial step: {"data": (B,C,*P) float32, "seg": (B,1,*P) int8}."""
+    cfg = cfg or AugmentationConfig()
+    transforms = intensity_transforms(cfg, use_dummy_2d(cfg, patch_size, spacing))
     if cfg.mirror_axes:
-        out.append(MirrorV2(allowed_axes=tuple(cfg.mirror_axes)))
-    return ComposeTransforms(out)
+        transforms.append(MirrorTransform(allowed_axes=tuple(cfg.mirror_axes)))
+    return PerSample(ComposeTransforms(transforms))
+
+
+def validation_transforms() -> None:
+    """None: validation patches are cut at the final size and left untouched."""
+    return None

@@ -3,7 +3,7 @@
 For each configuration a synthetic cache (``autoseg.trainers.synthetic_cache``) with the configuration's patch
 and topology is written once; then
 
-* loader: patches per second of the training loader (sampling + batchgenerators augmentation) with
+* loader: patches per second of the training loader (sampling + batchgeneratorsv2 augmentation) with
   0..N worker processes, nothing else running;
 * trainer: seconds per training iteration measured like the side-by-side harness does (start of one
   ``train_step`` to the start of the next, so waiting for data counts), after warm-up iterations,

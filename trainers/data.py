@@ -6,7 +6,7 @@ second copy of the dataset is written. A compressed archive is unpacked once to 
 (``.npy``, atomic) and memory-mapped from there.
 
 Loading: batches are produced by an ``IterableDataset`` (patch sampling fused with the spatial
-augmentation, then batchgenerators' intensity transforms and mirroring) run in
+augmentation, then batchgeneratorsv2's intensity transforms and mirroring) run in
 ``torch.utils.data`` worker processes. We use torch's workers rather than batchgenerators' augmenters
 because they watch their parent (a SIGKILLed trainer leaves no orphan), surface a crashed worker as
 an error instead of a hang, time out, and hand batches over in shared memory. ``BatchLoader`` is a
@@ -197,7 +197,7 @@ class PatchSampler:
 
 
 def seed_process(seed: int) -> None:
-    """Seed every RNG the data path uses (batchgenerators draws from numpy's and python's globals)."""
+    """Seed every RNG the data path uses (sampling draws from numpy's, batchgeneratorsv2 from torch's)."""
     import random
 
     random.seed(seed)
