@@ -70,6 +70,11 @@ def test_planner_flag_on_existing_plans_stops_and_says_how(tmp_path):
     with pytest.raises(AutosegError, match=r"--stages tumour \(planned: organ\)"):
         plan_and_preprocess(990, stages=["organ", "tumour"], **kw)
     assert json.loads((out / "plans.json").read_text()) == plans  # nothing was replanned
+    other = tmp_path / "other_plans.json"
+    other.write_text(json.dumps({**plans, "dataset_name": "Dataset991_Other"}))
+    with pytest.raises(AutosegError, match=r"'dataset_name' is 'Dataset991_Other', this dataset is "
+                                           r"'Dataset990_Tiny'; set it to"):
+        plan_and_preprocess(990, plans_file=str(other), **kw)
     plan_and_preprocess(990, planner="CPUPlanner", overwrite_plans=True, stages=["organ"], **kw)
     assert load_plans(out / "plans.json")["planner"] == "CPUPlanner"
 
