@@ -10,9 +10,11 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -67,6 +69,16 @@ def save_npz(path: str | os.PathLike, compress: bool = False, **arrays: np.ndarr
     with atomic_path(path, ".npz") as tmp:
         with open(tmp, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **arrays)
+
+
+def shard(items: Sequence[T], num_parts: int, part_id: int, key: Callable[[T], Any] = lambda x: x) -> list[T]:
+    """Part ``part_id`` of ``num_parts`` (scheduler arrays, torchrun ranks): every ``num_parts``-th item
+    of the items sorted by ``key``, so every machine and every rerun cuts the same parts."""
+    from autoseg import AutosegError
+
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise AutosegError(f"--part-id must be in [0, --num-parts) with --num-parts >= 1, got part {part_id} of {num_parts}")
+    return sorted(items, key=key)[part_id::num_parts]
 
 
 def seed_everything(seed: int) -> None:

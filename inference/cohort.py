@@ -13,25 +13,13 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator, Sequence, TypeVar
+from typing import Iterator, Sequence
 
-from autoseg import AutosegError
+from autoseg.utils import shard
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 # Ranks that finish early wait for the slowest shard at the final gather: allow a long cohort.
 GATHER_TIMEOUT = timedelta(hours=72)
-
-
-def check_part(num_parts: int, part_id: int) -> None:
-    if num_parts < 1 or not 0 <= part_id < num_parts:
-        raise AutosegError(f"--part-id must be in [0, --num-parts) with --num-parts >= 1, got part {part_id} of {num_parts}")
-
-
-def shard(items: Sequence[T], num_parts: int, part_id: int, key=lambda x: x) -> list[T]:
-    """Part ``part_id`` of ``num_parts``: every ``num_parts``-th item of the items sorted by ``key``."""
-    check_part(num_parts, part_id)
-    return sorted(items, key=key)[part_id::num_parts]
 
 
 def remove_stale_temp_files(out_dir: Path, output_names: Sequence[str]) -> int:
@@ -84,7 +72,7 @@ class Part:
 def cohort_part(num_parts: int = 1, part_id: int = 0) -> Iterator[Part]:
     """The shard of this process: ``--num-parts/--part-id`` split first, then torchrun's ranks split that
     part again (a scheduler array of multi-GPU jobs works as one would expect)."""
-    check_part(num_parts, part_id)
+    shard([], num_parts, part_id)  # checks the part numbers
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         yield Part(num_parts, part_id)

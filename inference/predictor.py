@@ -340,7 +340,8 @@ class CascadePredictor:
         """Predict every case under ``input_path`` (or shard ``part_id`` of ``num_parts`` of them) into
         ``output_dir``; return ``[(case, reason)]`` of the cases that failed. Reading (next case) and
         writing (previous case) overlap the compute. ``self.written`` names the cases written."""
-        from autoseg.inference.cohort import remove_stale_temp_files, shard
+        from autoseg.inference.cohort import remove_stale_temp_files
+        from autoseg.utils import shard
         from autoseg.inference.io_threads import BackgroundWriter, list_cases, prefetch
         from autoseg.inference.outputs import CaseOutputs
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autoseg import AutosegError
-from autoseg.inference.cohort import shard
+from autoseg.utils import shard
 from autoseg.inference.random_models import tiny_plans, write_random_checkpoints
 
 from test_bundle import write_cases
@@ -86,3 +86,21 @@ def test_two_gloo_ranks_killed_rank_finished_by_continue(cohort):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz") if p.name in before} == before
     assert not list(out.glob(".case3*"))  # the killed writer's temp file was cleared
     assert "written by 2 ranks" in second.stdout
+
+
+def test_preprocessing_in_parts(tmp_path):
+    """Each part preprocesses its own cases, leaves the others' in-flight temp files alone, and the parts
+    together equal the whole dataset."""
+    from autoseg.planners import plan_and_preprocess
+    from test_preprocessing_pipeline import make_tiny_dataset
+
+    make_tiny_dataset(tmp_path / "raw", n=3, tumour=False, shape=(12, 24, 24))
+    kw = dict(raw=tmp_path / "raw", preprocessed=tmp_path / "pre", num_workers=1, progress=False, stages=["organ"])
+    out = tmp_path / "pre" / "Dataset990_Tiny"
+    (out / "organ").mkdir(parents=True)
+    (out / "organ" / ".case_001.npz.tmp123.npz").write_bytes(b"part 1 is writing this")
+    plan_and_preprocess(990, num_parts=2, part_id=0, **kw)
+    assert sorted(p.name for p in (out / "organ").glob("case*.npz")) == ["case_000.npz", "case_002.npz"]
+    assert (out / "organ" / ".case_001.npz.tmp123.npz").exists()
+    plan_and_preprocess(990, num_parts=2, part_id=1, **kw)
+    assert sorted(p.name for p in (out / "organ").glob("case*.npz")) == [f"case_00{i}.npz" for i in range(3)]
