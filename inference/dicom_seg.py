@@ -37,7 +37,7 @@ SCT_CODES: dict[str, tuple[str, str]] = {
     "tumour": ("108369006", "Neoplasm"), "lesion": ("52988006", "Lesion"),
 }
 _ALIASES = {"tumor": "tumour", "cancer": "tumour", "ivc": "inferior_vena_cava", "postcava": "inferior_vena_cava",
-            "bladder": "urinary_bladder", "gall_bladder": "gallbladder", "oesophagus": "esophagus",
+            "bladder": "urinary_bladder", "small_bowel": "small_intestine", "gall_bladder": "gallbladder", "oesophagus": "esophagus",
             "kidney_right": "right_kidney", "kidney_left": "left_kidney", "rk": "right_kidney", "lk": "left_kidney",
             "adrenal_gland_right": "right_adrenal_gland", "adrenal_gland_left": "left_adrenal_gland",
             "rag": "right_adrenal_gland", "lag": "left_adrenal_gland"}
