@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -33,6 +34,7 @@ import torch
 
 from autoseg import AutosegError, __version__
 from autoseg.paths import preprocessed_root, raw_root, results_root
+from autoseg.plans import STAGES
 from autoseg.utils import atomic_path, load_json, save_json
 from autoseg.inference.models import find_stage_checkpoints, resolve_dataset_dir
 
@@ -44,6 +46,8 @@ MANIFEST = "manifest.json"
 INSTALLED = "bundles"  # AUTOSEG_RESULTS/<dataset>/bundles/<name>/{manifest,plans,dataset}.json
 CHECKPOINT_KEYS = ("network_weights", "plans", "stage", "trainer_name", "fold", "epoch")
 _META = ("plans.json", "dataset.json")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CKPT_RE = re.compile(r"^[a-z]+/[A-Za-z0-9_.-]+/fold_\w+/[A-Za-z0-9_.-]+\.pt$")
 
 
 def _sha256(data: bytes) -> str:
@@ -140,13 +144,24 @@ def check_manifest(manifest: object, where: str) -> dict:
     for key, typ in (("name", str), ("dataset_name", str), ("stages", dict), ("members", dict)):
         if not isinstance(manifest.get(key), typ) or not manifest[key]:
             raise AutosegError(f"{where}: {MANIFEST} key '{key}' is missing or not a {typ.__name__}")
-    bad = [m for m in manifest["members"] if not _safe_member(m) or m == MANIFEST]
-    if bad or not _safe_member(manifest["name"]) or "/" in manifest["name"] or "/" in manifest["dataset_name"]:
-        raise AutosegError(f"{where}: unsafe path in {MANIFEST}: {(bad or [manifest['name']])[0]!r}")
+    for key in ("name", "dataset_name"):
+        if not _NAME_RE.match(manifest[key]):
+            raise AutosegError(f"{where}: {MANIFEST} key '{key}' is not a plain name: {manifest[key]!r}")
     for stage, entry in manifest["stages"].items():
         ck = entry.get("checkpoints") if isinstance(entry, dict) else None
-        if not ck or any(c not in manifest["members"] for c in ck):
-            raise AutosegError(f"{where}: {MANIFEST} stage '{stage}' names checkpoints that are not members")
+        if stage not in STAGES or not isinstance(ck, list) or not ck or any(
+                not isinstance(c, str) or not _CKPT_RE.match(c) or not c.startswith(f"{stage}/") for c in ck):
+            raise AutosegError(f"{where}: {MANIFEST} stage '{stage}' needs checkpoints named "
+                               f"{stage}/TRAINER/fold_K/NAME.pt")
+    folds = _fold_dirs(manifest)
+    bad = [m for m in manifest["members"] if not _safe_member(m) or (
+        m not in _META and not any(m.startswith(f + "/") for f in folds))]
+    if bad:
+        raise AutosegError(f"{where}: unsafe path in {MANIFEST}: {bad[0]!r} (members are {', '.join(_META)} "
+                           "and files inside the stages' fold folders)")
+    missing = sorted({c for e in manifest["stages"].values() for c in e["checkpoints"]} - set(manifest["members"]))
+    if missing:
+        raise AutosegError(f"{where}: {MANIFEST} names checkpoint {missing[0]} but lists no hash for it")
     return manifest
 
 

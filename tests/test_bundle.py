@@ -119,6 +119,9 @@ BAD = {
     "extra member": (dict(change={"../evil.py": b"x"}, rehash=False), "not in the manifest"),
     "newer schema": (dict(manifest_change=lambda m: m.update(schema_version=99)), "newer than this autoseg"),
     "unsafe path": (dict(change={"../escape.pt": b"x"}), "unsafe path"),
+    "member outside the folds": (dict(change={"run_me.py": b"x"}), "unsafe path"),
+    "checkpoint outside a fold": (dict(manifest_change=lambda m: m["stages"]["organ"].update(
+        checkpoints=["plans.json"])), "needs checkpoints named"),
     "code in pickle": (dict(change={CKPT: _evil_checkpoint()}), "weights_only"),
 }
 
