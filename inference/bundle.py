@@ -36,7 +36,7 @@ from autoseg import AutosegError, __version__
 from autoseg.paths import preprocessed_root, raw_root, results_root
 from autoseg.plans import STAGES
 from autoseg.utils import atomic_path, load_json, save_json
-from autoseg.inference.models import find_stage_checkpoints, resolve_dataset_dir
+from autoseg.inference.models import find_stage_checkpoints, read_checkpoint, resolve_dataset_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,7 @@ def _file_sha256(path: Path) -> str:
 
 def _slim_checkpoint(path: Path) -> tuple[bytes, dict]:
     """The checkpoint's prediction part (weights, plans, stage) re-serialised; optimiser and RNG dropped."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise AutosegError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
-    if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "plans" not in ckpt:
-        raise AutosegError(f"{path}: not an autoseg checkpoint (needs 'network_weights' and 'plans')")
+    ckpt = read_checkpoint(path)
     slim = {k: ckpt[k] for k in CHECKPOINT_KEYS if k in ckpt}
     buf = io.BytesIO()
     torch.save(slim, buf)
@@ -165,17 +160,6 @@ def check_manifest(manifest: object, where: str) -> dict:
     return manifest
 
 
-def _check_checkpoint(data: bytes, where: str) -> None:
-    """Refuse a checkpoint that needs code to unpickle (weights_only refuses it) or is not ours."""
-    try:
-        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise AutosegError(f"{where}: refused: not loadable with weights_only=True "
-                           f"({str(e).strip().splitlines()[0][:120]})") from None
-    if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "plans" not in ckpt:
-        raise AutosegError(f"{where}: not an autoseg checkpoint (needs 'network_weights' and 'plans')")
-
-
 def read_bundle(zip_path: str | os.PathLike, load_checkpoints: bool = True) -> tuple[dict, dict[str, bytes]]:
     """``(manifest, {member: bytes})`` of a bundle whose every member is present, listed and unchanged."""
     zip_path = Path(zip_path)
@@ -203,7 +187,7 @@ def read_bundle(zip_path: str | os.PathLike, load_checkpoints: bool = True) -> t
     if load_checkpoints:
         for member, blob in data.items():
             if member.endswith(".pt"):
-                _check_checkpoint(blob, f"{zip_path}: {member}")
+                read_checkpoint(blob, f"{zip_path}: {member}")
     return manifest, data
 
 
