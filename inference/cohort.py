@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -35,14 +35,16 @@ def remove_stale_temp_files(out_dir: Path, output_names: Sequence[str]) -> int:
 
 @dataclass
 class Part:
-    """Which shard this process predicts, and how it reports to rank 0."""
+    """Which shard this process predicts (``part_id`` of ``num_parts``), the scheduler part it belongs to
+    (``array_part`` of ``array_parts``: the same cases whatever the number of ranks), and its rank."""
 
     num_parts: int = 1
     part_id: int = 0
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    summaries: list[dict] = field(default_factory=list)
+    array_parts: int = 1
+    array_part: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -71,11 +73,12 @@ class Part:
 @contextlib.contextmanager
 def cohort_part(num_parts: int = 1, part_id: int = 0) -> Iterator[Part]:
     """The shard of this process: ``--num-parts/--part-id`` split first, then torchrun's ranks split that
-    part again (a scheduler array of multi-GPU jobs works as one would expect)."""
+    part again: rank r of W takes every W-th case of part K of N, i.e. part K + N*r of N*W, so a
+    scheduler part holds the same cases whatever number of GPUs its job gets."""
     shard([], num_parts, part_id)  # checks the part numbers
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
-        yield Part(num_parts, part_id)
+        yield Part(num_parts, part_id, array_parts=num_parts, array_part=part_id)
         return
     import torch.distributed as dist
 
@@ -83,9 +86,10 @@ def cohort_part(num_parts: int = 1, part_id: int = 0) -> Iterator[Part]:
     created = not dist.is_initialized()
     if created:
         dist.init_process_group(backend="gloo", timeout=GATHER_TIMEOUT)
-    log.info("inference rank %d of %d: part %d of %d", rank, world, part_id * world + rank, num_parts * world)
+    part = Part(num_parts * world, part_id + num_parts * rank, rank, world, local, num_parts, part_id)
+    log.info("inference rank %d of %d: part %d of %d", rank, world, part.part_id, part.num_parts)
     try:
-        yield Part(num_parts * world, part_id * world + rank, rank, world, local)
+        yield part
     finally:
         if created:
             dist.destroy_process_group()
@@ -93,7 +97,7 @@ def cohort_part(num_parts: int = 1, part_id: int = 0) -> Iterator[Part]:
 
 def summary_name(part: Part) -> str:
     """One summary file per scheduler part (torchrun ranks share their part's file, written by rank 0)."""
-    n, k = part.num_parts // part.world_size, part.part_id // part.world_size
+    n, k = part.array_parts, part.array_part
     return "inference_summary.json" if n == 1 else f"inference_summary_part{k}of{n}.json"
 
 

@@ -104,3 +104,19 @@ def test_preprocessing_in_parts(tmp_path):
     assert (out / "organ" / ".case_001.npz.tmp123.npz").exists()
     plan_and_preprocess(990, num_parts=2, part_id=1, **kw)
     assert sorted(p.name for p in (out / "organ").glob("case*.npz")) == [f"case_00{i}.npz" for i in range(3)]
+
+
+def test_a_scheduler_part_holds_the_same_cases_whatever_the_number_of_ranks(monkeypatch):
+    from autoseg.inference.cohort import cohort_part
+
+    monkeypatch.setattr("torch.distributed.init_process_group", lambda **kw: None)
+    monkeypatch.setattr("torch.distributed.destroy_process_group", lambda: None)
+    names = [f"c{i:02d}" for i in range(20)]
+    for world in (2, 3):
+        got = []
+        for rank in range(world):
+            monkeypatch.setenv("WORLD_SIZE", str(world))
+            monkeypatch.setenv("RANK", str(rank))
+            with cohort_part(4, 1) as part:
+                got += shard(names, part.num_parts, part.part_id)
+        assert sorted(got) == shard(names, 4, 1)
