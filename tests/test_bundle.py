@@ -151,3 +151,21 @@ def test_installed_bundle_checked_before_use(bundle, tmp_path):
     with pytest.raises(AutosegError, match="not installed"):
         with open_model("nosuch", tmp_path):
             pass
+
+
+def test_failed_install_rolls_back_to_what_was_there(bundle, tmp_path, monkeypatch):
+    install_bundle(bundle[0], results=tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 5:  # in the middle of moving the new fold folders in
+            raise OSError("disk full")
+        real(src, dst)
+
+    monkeypatch.setattr("autoseg.inference.bundle.os.replace", flaky)
+    with pytest.raises(OSError, match="disk full"):
+        install_bundle(bundle[0], results=tmp_path, overwrite=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob(".install-*"))
