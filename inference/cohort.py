@@ -103,8 +103,9 @@ def summary_name(part: Part) -> str:
 
 
 def report(part: Part, predictor, failures: list[tuple[str, str]], out_dir: Path, profile: bool) -> dict | None:
-    """Gather every rank's written cases, failures and profiles on rank 0, which writes the summary (and
-    ``profile.json``) into ``out_dir`` and returns it; other ranks return None."""
+    """Gather every rank's written cases, failures and profiles on rank 0, which returns the summary and
+    writes it into ``out_dir`` when the cases were split (and ``profile.json`` when profiling); other
+    ranks return None."""
     from autoseg.utils import save_json
 
     mine = {"rank": part.rank, "part": part.part_id, "device": str(predictor.device),
@@ -120,5 +121,6 @@ def report(part: Part, predictor, failures: list[tuple[str, str]], out_dir: Path
                "written": sum(len(r["written"]) for r in ranks),
                "failed": [f for r in ranks for f in r["failed"]],
                "ranks": [{k: v for k, v in r.items() if k != "profiles"} for r in ranks]}
-    save_json(summary, out_dir / summary_name(part))
+    if part.num_parts > 1:  # a plain run leaves only masks in the output folder (FLARE reads it as is)
+        save_json(summary, out_dir / summary_name(part))
     return summary

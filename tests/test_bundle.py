@@ -20,6 +20,15 @@ from autoseg.io import Geometry, read_image, write_image
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_predict_sh(env_extra: dict, cwd=None) -> subprocess.CompletedProcess:
+    """docker/predict.sh without Docker: paths and flags from the environment, autoseg from this venv."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOSEG_", "nnUNet_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(env_extra)
+    return subprocess.run(["sh", str(REPO / "docker" / "predict.sh")], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
 def write_cases(folder: Path, n: int = 2, shape=(12, 24, 24)) -> None:
     rng = np.random.default_rng(0)
     for i in range(n):
@@ -80,17 +89,20 @@ def test_export_install_predict_from_the_zip_alone(bundle, tmp_path):
     write_cases(tmp_path / "in")
     assert run_inference(str(tmp_path / "in"), str(tmp_path / "ref"), 999, results=str(results), device="cpu",
                          num_threads=1) == 0
-    fresh = tmp_path / "fresh"
+    fresh = tmp_path / "fresh"  # as in the Docker image: the zip, the inputs, predict.sh
     fresh.mkdir()
     (fresh / "model.zip").write_bytes(zpath.read_bytes())
-    code = ("import sys; sys.modules['autoseg.trainers'] = None; sys.modules['autoseg.planners'] = None; "
-            "from autoseg.cli import main; raise SystemExit(main(sys.argv[1:]))")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOSEG_", "nnUNet_"))}
-    r = subprocess.run([sys.executable, "-c", code, "run_inference", "-i", str(tmp_path / "in"), "-o", "out",
-                        "-m", "model.zip", "--device", "cpu", "--num-threads", "1"],
-                       cwd=fresh, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    autoseg = tmp_path / "autoseg_without_training_code"
+    autoseg.write_text(f"#!/bin/sh\nexec {sys.executable} -c \"import sys; sys.modules['autoseg.trainers'] = None; "
+                       "sys.modules['autoseg.planners'] = None; from autoseg.cli import main; "
+                       "raise SystemExit(main(sys.argv[1:]))\" \"$@\"\n")
+    autoseg.chmod(0o755)
+    r = run_predict_sh({"AUTOSEG_INPUTS": str(tmp_path / "in"), "AUTOSEG_OUTPUTS": str(fresh / "out"),
+                        "AUTOSEG_MODEL": "model.zip", "AUTOSEG_DEVICE": "cpu", "AUTOSEG_CMD": str(autoseg),
+                        "AUTOSEG_EXTRA_ARGS": "--num-threads 1"}, cwd=fresh)
+    assert r.returncode == 0, r.stderr[-2000:]
     assert sorted(p.name for p in fresh.iterdir()) == ["model.zip", "out"]  # nothing else was needed or made
+    assert sorted(p.name for p in (fresh / "out").iterdir()) == ["case0.nii.gz", "case1.nii.gz"]  # FLARE names
     install_bundle(fresh / "model.zip", results=tmp_path / "installed")
     assert list(installed_bundles(tmp_path / "installed")) == ["model"]
     assert run_inference(str(tmp_path / "in"), str(tmp_path / "byname"), None, model="model",

@@ -49,7 +49,9 @@ def test_totalseg_dicom_series_round_trip(totalseg, tmp_path):
     labels = sitk.GetArrayFromImage(on_ct).astype(np.uint8)
     assert np.array_equal(labels[:, ::-1], sitk.GetArrayFromImage(seg_nii))  # the flip really is there
     classmap = json.loads((totalseg / "classmap_total_v2.json").read_text())
-    names = {classmap[str(v)]: int(v) for v in np.unique(labels) if v}
+    keep = [v for v in np.unique(labels) if v and classmap[str(v)] in ("liver", "spleen", "stomach", "pancreas", "colon")]
+    labels[~np.isin(labels, keep)] = 0  # five organs: highdicom's time grows with segments x slices
+    names = {classmap[str(v)]: int(v) for v in keep}
     out = write_dicom_seg(labels, totalseg / "example_ct_dicom", names, tmp_path / "ct.seg.dcm")
 
     seg = hd.seg.segread(out)
