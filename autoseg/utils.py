@@ -17,6 +17,12 @@ import numpy as np
 T = TypeVar("T")
 
 
+# mkstemp makes 0600 files; finished files get the usual mode (masks written by a root container must
+# stay readable on the host). Read once here: os.umask cannot be queried without setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path in the destination folder; rename it onto ``path`` on success."""
@@ -27,6 +33,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -24,3 +24,16 @@ def test_dockerfile_follows_the_flare_layout():
     assert "/workspace/inputs" in (REPO / "docker" / "predict.sh").read_text()
     for folder in ("autoseg", "planners", "trainers", "inference", "evaluation"):  # every package setup.py installs
         assert re.search(rf"^COPY {folder} {folder}$", text, re.M)
+
+
+def test_written_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):
+    """A container runs as root: 0600 masks on a mounted folder would be unreadable for the host's user."""
+    import os
+
+    from autoseg.utils import atomic_path
+
+    with atomic_path(tmp_path / "mask.nii.gz") as tmp:
+        tmp.write_bytes(b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "mask.nii.gz").stat().st_mode & 0o777 == 0o666 & ~umask
