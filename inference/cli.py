@@ -85,6 +85,9 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
 
     if (task is None) == (model is None):
         raise AutosegError("give exactly one of -t TASK and -m MODEL")
+    if model is not None and (folds or stage_trainers):
+        raise AutosegError("-f and --stage-trainer choose among trained folders (-t); a bundle (-m) predicts with "
+                           "what it holds: export another bundle instead")
     if folds is not None:
         folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
     with cohort_part(num_parts, part_id) as part:
