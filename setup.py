@@ -37,6 +37,9 @@ setup(
         "matplotlib>=3.7",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        "test": ["pytest>=7", "highdicom>=0.22"],
+        "dicom": ["highdicom>=0.22"],  # run_inference --output-format dicom-seg|both
+    },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
 )

@@ -62,14 +62,18 @@ def geometry_of(img: sitk.Image) -> Geometry:
     return Geometry((sz, sy, sx), tuple(img.GetOrigin()), tuple(img.GetDirection()), (z, y, x))
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def dicom_series_files(folder: Path) -> tuple[str, ...]:
+    """The files of the folder's CT series in slice order (array index z is file z)."""
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
         raise AutosegError(f"{folder}: no DICOM series found in folder")
     # The largest series is the CT; scouts and dose reports are small.
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in ids), key=len)
+    return max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in ids), key=len)
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(dicom_series_files(folder))
     return reader.Execute()
 
 

@@ -10,9 +10,17 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
+
+
+# mkstemp makes 0600 files; finished files get the usual mode (masks written by a root container must
+# stay readable on the host). Read once here: os.umask cannot be queried without setting it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextmanager
@@ -25,6 +33,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -67,6 +76,16 @@ def save_npz(path: str | os.PathLike, compress: bool = False, **arrays: np.ndarr
     with atomic_path(path, ".npz") as tmp:
         with open(tmp, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **arrays)
+
+
+def shard(items: Sequence[T], num_parts: int, part_id: int, key: Callable[[T], Any] = lambda x: x) -> list[T]:
+    """Part ``part_id`` of ``num_parts`` (scheduler arrays, torchrun ranks): every ``num_parts``-th item
+    of the items sorted by ``key``, so every machine and every rerun cuts the same parts."""
+    from autoseg import AutosegError
+
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise AutosegError(f"--part-id must be in [0, --num-parts) with --num-parts >= 1, got part {part_id} of {num_parts}")
+    return sorted(items, key=key)[part_id::num_parts]
 
 
 def seed_everything(seed: int) -> None:

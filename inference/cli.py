@@ -21,7 +21,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of images (CASE_0000.nii.gz, .nrrd, .mha, DICOM series folders), "
                              "one image, or one DICOM series folder")
     parser.add_argument("-o", "--output", required=True, help="output folder (masks named CASE.nii.gz)")
-    parser.add_argument("-t", "--task", required=True, help="dataset id or name, e.g. 501 or Dataset501_Abdomen")
+    parser.add_argument("-t", "--task", default=None, help="dataset id or name, e.g. 501 or Dataset501_Abdomen")
+    parser.add_argument("-m", "--model", default=None,
+                        help="a model bundle (zip from 'autoseg export') or an installed bundle's name, instead of -t")
     parser.add_argument("-tr", "--trainer", default="Trainer", help="trainer whose checkpoints are used (default: Trainer)")
     parser.add_argument("--stage-trainer", action="append", default=[], metavar="STAGE=NAME",
                         help="per-stage trainer override, e.g. --stage-trainer tumour=TrainerBigPatch (repeatable)")
@@ -48,6 +50,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print per-case stage times and peak memory; write profile.json in the output folder")
     parser.add_argument("--results", default=None, help="results root (default: $AUTOSEG_RESULTS)")
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--output-format", default="nifti", choices=["nifti", "dicom-seg", "both"],
+                        help="for DICOM series inputs: CASE.nii.gz, CASE.seg.dcm (DICOM SEG), or both")
+    parser.add_argument("--num-parts", type=int, default=1, help="split the sorted cases into N parts ...")
+    parser.add_argument("--part-id", type=int, default=0, help="... and predict part K (0-based; SLURM arrays)")
 
 
 def _parse_stage_trainers(items: Sequence[str]) -> dict[str, str]:
@@ -60,44 +66,64 @@ def _parse_stage_trainers(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def run_inference(input_path: str, output_dir: str, task: str | int, trainer: str = "Trainer",
+def run_inference(input_path: str, output_dir: str, task: str | int | None, trainer: str = "Trainer",
                   stage_trainers: dict | None = None, folds: Sequence[int | str] | None = None,
                   device: str = "auto", step_size: float = 0.5, tta: bool = False, cascade: bool = True,
                   save_probabilities: bool = False, continue_prediction: bool = False, profile: bool = False,
                   results: str | None = None, num_threads: int | None = None, postprocess: bool = True,
-                  precision: str = "auto", windows_per_batch: int = 1) -> int:
-    """Segment every case of ``input_path`` into ``output_dir``. Returns 0, or 1 if any case failed
-    (the failures are named with their reason on stderr; every other case is still written)."""
+                  precision: str = "auto", windows_per_batch: int = 1, model: str | None = None,
+                  output_format: str = "nifti", num_parts: int = 1, part_id: int = 0) -> int:
+    """Segment every case of ``input_path`` (or part ``part_id`` of ``num_parts``; under torchrun each
+    rank a share of it) into ``output_dir`` with the models of ``task`` or of the bundle ``model``.
+    Returns 0, or 1 if any case failed (named with their reason on stderr; the others are written)."""
     # Before CUDA starts: growable segments keep the allocator's reserve near what is really in use
     # (the peak GPU memory FLARE measures), at no cost in speed.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    from autoseg.inference.cohort import cohort_part, report
     from autoseg.inference.predictor import CascadePredictor
     from autoseg.inference.profiling import format_profile
 
+    if (task is None) == (model is None):
+        raise AutosegError("give exactly one of -t TASK and -m MODEL")
+    if model is not None and (folds or stage_trainers):
+        raise AutosegError("-f and --stage-trainer choose among trained folders (-t); a bundle (-m) predicts with "
+                           "what it holds: export another bundle instead")
     if folds is not None:
         folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
-    t0 = time.perf_counter()
-    predictor = CascadePredictor.from_results(
-        task, trainer=trainer, stage_trainers=stage_trainers, folds=folds, results=results, device=device,
-        step_size=step_size, tta=tta, cascade=cascade, save_probabilities=save_probabilities,
-        num_threads=num_threads, postprocess=postprocess, precision=precision, windows_per_batch=windows_per_batch)
-    log.info("models loaded on %s in %.1f s (stages: %s)", predictor.device, time.perf_counter() - t0,
-             ", ".join(predictor.stages))
+    with cohort_part(num_parts, part_id) as part:
+        t0 = time.perf_counter()
+        kwargs = dict(device=part.device(device), step_size=step_size, tta=tta, cascade=cascade,
+                      save_probabilities=save_probabilities, num_threads=num_threads, postprocess=postprocess,
+                      precision=precision, windows_per_batch=windows_per_batch)
+        if model is not None:
+            from autoseg.inference.bundle import open_model
 
-    def show(name: str, summary: dict) -> None:
-        print(format_profile(name, summary), flush=True)
+            with open_model(model, results) as ckpts:
+                predictor = CascadePredictor(ckpts, **kwargs)
+        else:
+            predictor = CascadePredictor.from_results(task, trainer=trainer, stage_trainers=stage_trainers,
+                                                      folds=folds, results=results, **kwargs)
+        log.info("models loaded on %s in %.1f s (stages: %s)", predictor.device, time.perf_counter() - t0,
+                 ", ".join(predictor.stages))
 
-    failures = predictor.predict_folder(input_path, output_dir, continue_prediction=continue_prediction,
-                                        profile=profile, on_profile=show if profile else None)
-    if profile and predictor.profiles:
-        from autoseg.utils import save_json
+        def show(name: str, summary: dict) -> None:
+            print(format_profile(name, summary), flush=True)
 
-        save_json({"device": str(predictor.device), "cases": predictor.profiles}, Path(output_dir) / "profile.json")
-    for name, reason in failures:
+        failures = predictor.predict_folder(input_path, output_dir, continue_prediction=continue_prediction,
+                                            profile=profile, on_profile=show if profile else None,
+                                            num_parts=part.num_parts, part_id=part.part_id,
+                                            output_format=output_format)
+        summary = report(part, predictor, failures, Path(output_dir), profile)
+    if summary is None:  # a torchrun rank other than 0: rank 0 reports for all
+        return 1 if failures else 0
+    for name, reason in summary["failed"]:
         print(f"FAILED {name}: {reason}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} case(s) failed; the others were written to {output_dir}", file=sys.stderr)
-    return 1 if failures else 0
+    if summary["world_size"] > 1:
+        print(f"{summary['written']} case(s) written by {summary['world_size']} ranks ("
+              + ", ".join(f"rank {r['rank']}: {len(r['written'])}" for r in summary["ranks"]) + ")", flush=True)
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} case(s) failed; the others were written to {output_dir}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -107,4 +133,5 @@ def run_from_args(args: argparse.Namespace) -> int:
                          save_probabilities=args.save_probabilities, continue_prediction=args.continue_prediction,
                          profile=args.profile, results=args.results, num_threads=args.num_threads,
                          postprocess=not args.no_postprocessing, precision=args.precision,
-                         windows_per_batch=args.windows_per_batch)
+                         windows_per_batch=args.windows_per_batch, model=args.model,
+                         output_format=args.output_format, num_parts=args.num_parts, part_id=args.part_id)

@@ -2,6 +2,7 @@
 folder is needed at inference time)."""
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -147,6 +148,21 @@ def find_stage_checkpoints(task: str | int, trainer: str = "Trainer", stage_trai
     return out
 
 
+def read_checkpoint(source: str | os.PathLike | bytes, where: str | os.PathLike | None = None) -> dict:
+    """An autoseg checkpoint (a file or its bytes) loaded without running code: ``weights_only=True``
+    refuses any pickle that would import or call something."""
+    where = where or source
+    try:
+        ckpt = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                          weights_only=True)
+    except Exception as e:
+        raise AutosegError(f"{where}: unreadable checkpoint, or one weights_only=True refuses "
+                           f"({str(e).strip().splitlines()[0][:160]})") from None
+    if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "plans" not in ckpt:
+        raise AutosegError(f"{where}: not an autoseg checkpoint (needs 'network_weights' and 'plans')")
+    return ckpt
+
+
 def load_stage_model(stage: str, checkpoints: Sequence[str | os.PathLike], device: torch.device,
                      conv_dtype: torch.dtype | None = None) -> StageModel:
     """Build every fold's network from its checkpoint's own plans and wrap them in one ensemble;
@@ -156,12 +172,7 @@ def load_stage_model(stage: str, checkpoints: Sequence[str | os.PathLike], devic
     nets, plans = [], None
     for path in checkpoints:
         path = Path(path)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise AutosegError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
-        if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "plans" not in ckpt:
-            raise AutosegError(f"{path}: not an autoseg checkpoint (needs 'network_weights' and 'plans')")
+        ckpt = read_checkpoint(path)
         p = validate_plans(ckpt["plans"], str(path))
         st = ckpt.get("stage", stage)
         if st != stage or stage not in p["stages"]:

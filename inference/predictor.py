@@ -122,6 +122,8 @@ class CascadePredictor:
         self.windows_per_batch = windows_per_batch or 1
         self.lean = False  # switched on for good after a CUDA out-of-memory error
         self.profiles: dict[str, dict] = {}
+        self.written: list[str] = []
+        self.label_names: dict[str, int] = self.stages["organ"].plans["labels"]
         self.rules: dict = {}
         for sm in self.stages.values():
             if sm.stage != "roi":
@@ -337,19 +339,27 @@ class CascadePredictor:
 
     def predict_folder(self, input_path: str | os.PathLike, output_dir: str | os.PathLike,
                        continue_prediction: bool = False, profile: bool = False,
-                       on_profile: Callable[[str, dict], None] | None = None) -> list[tuple[str, str]]:
-        """Predict every case under ``input_path`` into ``output_dir``; return ``[(case, reason)]`` of
-        the cases that failed. Reading (next case) and writing (previous case) overlap the compute."""
+                       on_profile: Callable[[str, dict], None] | None = None, num_parts: int = 1,
+                       part_id: int = 0, output_format: str = "nifti") -> list[tuple[str, str]]:
+        """Predict every case under ``input_path`` (or shard ``part_id`` of ``num_parts`` of them) into
+        ``output_dir``; return ``[(case, reason)]`` of the cases that failed. Reading (next case) and
+        writing (previous case) overlap the compute. ``self.written`` names the cases written."""
+        from autoseg.inference.cohort import remove_stale_temp_files
+        from autoseg.utils import shard
         from autoseg.inference.io_threads import BackgroundWriter, list_cases, prefetch
+        from autoseg.inference.outputs import CaseOutputs
 
         cases, skipped = list_cases(input_path)
+        cases = shard(cases, num_parts, part_id, key=lambda c: c.name)
+        outputs = CaseOutputs(output_dir, output_format, self.label_names)
         for name, why in skipped:
             log.warning("%s: %s", name, why)
         out_dir = Path(output_dir)
         if Path(input_path).is_dir() and out_dir.resolve() == Path(input_path).resolve():
             raise AutosegError(f"{out_dir}: output folder must differ from the input folder")
         out_dir.mkdir(parents=True, exist_ok=True)
-        todo = [c for c in cases if not (continue_prediction and (out_dir / c.output_name).is_file())]
+        remove_stale_temp_files(out_dir, [p.name for c in cases for p in outputs.paths(c)])
+        todo = [c for c in cases if not (continue_prediction and outputs.done(c))]
         if len(todo) < len(cases):
             log.info("--continue: %d of %d case(s) already predicted, skipped", len(cases) - len(todo), len(cases))
         failures: list[tuple[str, str]] = []
@@ -358,6 +368,8 @@ class CascadePredictor:
 
         def written(name: str, seconds: float, err: str | None) -> None:
             s = summaries.pop(name, None)
+            if err is None:
+                self.written.append(name)
             if s is not None and err is None:
                 s["write"] = round(seconds, 4)
                 s["total"] = round(s["total"] + seconds, 4)
@@ -387,7 +399,10 @@ class CascadePredictor:
                 summaries[case.name] = prof.summary()
                 out_path = out_dir / case.output_name
                 extra = (lambda p=probs, o=out_path: _write_probabilities(p, o)) if probs else None
-                writer.write_mask(case.name, labels, geom, out_path, extra)
+                if output_format == "nifti":
+                    writer.write_mask(case.name, labels, geom, out_path, extra)
+                else:
+                    writer.submit(case.name, outputs.job(case, labels, geom, extra))
         finally:
             writer.close()
             if sampler is not None:

@@ -28,6 +28,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", default=None, help="raw datasets root (default: AUTOSEG_RAW)")
     parser.add_argument("--preprocessed", default=None, help="preprocessed root (default: AUTOSEG_PREPROCESSED)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--num-parts", type=int, default=1, help="preprocess the sorted cases in N parts ...")
+    parser.add_argument("--part-id", type=int, default=0, help="... this run doing part K (0-based; SLURM arrays)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -35,6 +37,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                               target_spacing=args.target_spacing, gpu_memory_gb=args.gpu_memory_gb,
                               num_workers=args.num_workers, raw=args.raw, preprocessed=args.preprocessed,
                               verify=not args.no_verify, plans_file=args.plans, progress=not args.no_progress,
-                              overwrite_plans=args.overwrite_plans, planner_path=args.planner_path)
+                              overwrite_plans=args.overwrite_plans, planner_path=args.planner_path,
+                              num_parts=args.num_parts, part_id=args.part_id)
     print(f"preprocessed data in {out}")
     return 0

@@ -1,6 +1,7 @@
 """``plan_and_preprocess``: integrity check -> fingerprint (cached) -> plans.json -> .npz caches."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -13,7 +14,7 @@ from autoseg.fingerprint import compute_fingerprint
 from autoseg.paths import find_dataset_folder, preprocessed_root, raw_root
 from autoseg.plans import STAGES, load_plans, save_plans
 from autoseg.preprocessing.preprocessor import preprocess_dataset
-from autoseg.utils import atomic_path
+from autoseg.utils import atomic_path, shard
 from autoseg.planners.registry import find_planner
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,13 @@ def plan_and_preprocess(task: str | int, planner: str | None = None, stages: lis
                         num_workers: int = 2, raw: str | os.PathLike | None = None,
                         preprocessed: str | os.PathLike | None = None, verify: bool = True,
                         plans_file: str | None = None, progress: bool = True, overwrite_plans: bool = False,
-                        planner_path: list[str] | str | None = None) -> Path:
+                        planner_path: list[str] | str | None = None, num_parts: int = 1, part_id: int = 0) -> Path:
     """Check, fingerprint, plan and preprocess dataset ``task``; returns its preprocessed folder.
 
     ``planner`` defaults to ``DEFAULT_PLANNER``. An existing plans.json is kept unless
-    ``overwrite_plans``; a ``planner``, ``target_spacing`` or ``stages`` it does not match is an error."""
+    ``overwrite_plans``; a ``planner``, ``target_spacing`` or ``stages`` it does not match is an error.
+    ``num_parts``/``part_id``: preprocess only that shard of the cases (the fingerprint and plans, cached
+    and deterministic, are the whole dataset's: every part computes or reuses the same)."""
     if stages:
         unknown = [s for s in stages if s not in STAGES]
         if unknown:
@@ -96,7 +99,8 @@ def plan_and_preprocess(task: str | int, planner: str | None = None, stages: lis
                            overwrite_plans, planner_path)
     t3 = time.perf_counter()
     todo = [s for s in plans["stages"] if not stages or s in stages]
-    preprocess_dataset(ds, plans, out, todo, num_workers, progress)
+    part = dataclasses.replace(ds, cases=shard(ds.cases, num_parts, part_id, key=lambda c: c.case_id))
+    preprocess_dataset(part, plans, out, todo, num_workers, progress)
     t4 = time.perf_counter()
     src, dst = ds.folder / "dataset.json", out / "dataset.json"
     if not dst.exists() or dst.read_bytes() != src.read_bytes():  # label names travel with the cache

@@ -95,15 +95,18 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
                 f.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
-def clean_temp_files(folder: str | os.PathLike, stages: list[str]) -> int:
-    """Remove the hidden temp files (``.CASE.npz.xxxx.npz``) a killed run leaves behind."""
+def clean_temp_files(folder: str | os.PathLike, stages: list[str], case_ids: list[str] | None = None) -> int:
+    """Remove the hidden temp files (``.CASE.npz.xxxx.npz``) a killed run leaves behind; with ``case_ids``
+    only theirs (another part of a sharded run may be writing the others)."""
     n = 0
+    prefixes = None if case_ids is None else tuple(f".{c}.{k}." for c in case_ids for k in ("npz", "json"))
     for stage in stages:
         d = Path(folder) / stage
         if not d.is_dir():
             continue
         for p in d.iterdir():
-            if p.name.startswith(".") and (".npz." in p.name or ".json." in p.name):
+            if p.name.startswith(".") and (".npz." in p.name or ".json." in p.name) and (
+                    prefixes is None or p.name.startswith(prefixes)):
                 p.unlink(missing_ok=True)
                 n += 1
     return n

@@ -242,7 +242,7 @@ def preprocess_dataset(ds: RawDataset, plans: dict, folder: str | os.PathLike, s
     thread each), resuming where a previous run stopped."""
     folder = Path(folder)
     planned = [s for s in STAGE_ORDER if s in plans["stages"] and (stages is None or s in stages)]
-    removed = clean_temp_files(folder, planned)
+    removed = clean_temp_files(folder, planned, [c.case_id for c in ds.cases])
     if removed:
         log.info("removed %d temp file(s) left by an interrupted run", removed)
     jobs = [(c, plans, folder, planned, force, device) for c in ds.cases]
