@@ -47,6 +47,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="print per-case stage times and peak memory; write profile.json in the output folder")
     parser.add_argument("--results", default=None, help="results root (default: $AUTOSEG_RESULTS)")
+    parser.add_argument("-p", "--plans-name", default=None, dest="plans_name", metavar="NAME",
+                        help="use the models trained on plans_NAME.json (default: plans.json)")
+    parser.add_argument("--trainer-path", default=None, dest="trainer_path", metavar="DIR",
+                        help="folder(s) with user trainer/network files (also AUTOSEG_TRAINER_PATH): networks "
+                             "defined there are built as at training")
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
 
 
@@ -54,8 +59,8 @@ def _parse_stage_trainers(items: Sequence[str]) -> dict[str, str]:
     out = {}
     for item in items:
         stage, sep, name = item.partition("=")
-        if not sep or stage not in STAGES or not name:
-            raise AutosegError(f"--stage-trainer {item!r}: expected STAGE=NAME with STAGE one of {', '.join(STAGES)}")
+        if not sep or not stage or not name:
+            raise AutosegError(f"--stage-trainer {item!r}: expected STAGE=NAME, e.g. {STAGES[-1]}=TrainerBigPatch")
         out[stage] = name
     return out
 
@@ -65,7 +70,8 @@ def run_inference(input_path: str, output_dir: str, task: str | int, trainer: st
                   device: str = "auto", step_size: float = 0.5, tta: bool = False, cascade: bool = True,
                   save_probabilities: bool = False, continue_prediction: bool = False, profile: bool = False,
                   results: str | None = None, num_threads: int | None = None, postprocess: bool = True,
-                  precision: str = "auto", windows_per_batch: int = 1) -> int:
+                  precision: str = "auto", windows_per_batch: int = 1, plans_name: str | None = None,
+                  trainer_path: str | None = None) -> int:
     """Segment every case of ``input_path`` into ``output_dir``. Returns 0, or 1 if any case failed
     (the failures are named with their reason on stderr; every other case is still written)."""
     # Before CUDA starts: growable segments keep the allocator's reserve near what is really in use
@@ -73,12 +79,15 @@ def run_inference(input_path: str, output_dir: str, task: str | int, trainer: st
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     from autoseg.inference.predictor import CascadePredictor
     from autoseg.inference.profiling import format_profile
+    from autoseg.trainers.registry import load_user_modules
 
+    load_user_modules(trainer_path)  # user networks: the registry the checkpoints' plans name classes from
     if folds is not None:
         folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
     t0 = time.perf_counter()
     predictor = CascadePredictor.from_results(
-        task, trainer=trainer, stage_trainers=stage_trainers, folds=folds, results=results, device=device,
+        task, trainer=trainer, stage_trainers=stage_trainers, folds=folds, results=results, plans_name=plans_name,
+        device=device,
         step_size=step_size, tta=tta, cascade=cascade, save_probabilities=save_probabilities,
         num_threads=num_threads, postprocess=postprocess, precision=precision, windows_per_batch=windows_per_batch)
     log.info("models loaded on %s in %.1f s (stages: %s)", predictor.device, time.perf_counter() - t0,
@@ -107,4 +116,5 @@ def run_from_args(args: argparse.Namespace) -> int:
                          save_probabilities=args.save_probabilities, continue_prediction=args.continue_prediction,
                          profile=args.profile, results=args.results, num_threads=args.num_threads,
                          postprocess=not args.no_postprocessing, precision=args.precision,
-                         windows_per_batch=args.windows_per_batch)
+                         windows_per_batch=args.windows_per_batch, plans_name=args.plans_name,
+                         trainer_path=args.trainer_path)

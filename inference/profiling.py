@@ -111,7 +111,8 @@ class CaseProfile:
 
     def summary(self) -> dict:
         mb = 1024.0 ** 2
-        out: dict = {k: round(self.times.get(k, 0.0), 4) for k in self.STAGES}
+        names = [*self.STAGES[:-2], *(k for k in self.times if k not in self.STAGES), *self.STAGES[-2:]]
+        out: dict = {k: round(self.times.get(k, 0.0), 4) for k in names}  # plans may name other stages
         out["total"] = round(sum(self.times.values()), 4)
         rss = max(self.sampler.peak_rss if self.sampler else 0, current_rss_bytes())
         out["peak_rss_mb"] = round(rss / mb, 1)
@@ -126,7 +127,8 @@ class CaseProfile:
 
 def format_profile(name: str, summary: dict) -> str:
     """One human-readable line per case."""
-    parts = [f"{k} {summary[k]:.2f}s" for k in CaseProfile.STAGES if k in summary]
+    skip = {"total", "peak_rss_mb", "max_rss_lifetime_mb", "cuda_max_allocated_mb", "cuda_peak_used_mb"}
+    parts = [f"{k} {v:.2f}s" for k, v in summary.items() if k not in skip and isinstance(v, float)]
     mem = f"peak RSS {summary['peak_rss_mb']:.0f} MB"
     if "cuda_max_allocated_mb" in summary:
         mem += (f", CUDA max allocated {summary['cuda_max_allocated_mb']:.0f} MB, "

@@ -275,18 +275,20 @@ class ExperimentPlanner:
         stages, why_stages = self.choose_stages()
         organ_sp, why_organ = self.organ_spacing()
         out: dict[str, dict] = {}
-        roi_margin = None
+        roi_margin, why_roi_margin = None, ""
         if "roi" in stages:
             sp, why_sp = self.roi_spacing(organ_sp)
-            roi_margin, why_m = self.roi_margin_mm(sp)
+            roi_margin, why_roi_margin = self.roi_margin_mm(sp)
             med = self.median_shape("roi", sp, None, lambda c: c.get("body_bbox"))
-            out["roi"] = self.plan_stage("roi", sp, med, {"target_spacing": why_sp, "crop_margin_mm": why_m})
-            out["roi"].update(crop_margin_mm=roi_margin, input="whole")
+            out["roi"] = self.plan_stage("roi", sp, med, {"target_spacing": why_sp})
+            out["roi"]["input"] = {"crop": "body"}
         if "organ" in stages:
             box = (lambda c: c.get("fg_bbox")) if roi_margin else (lambda c: c.get("body_bbox"))
             med = self.median_shape("organ", organ_sp, roi_margin, box)
             out["organ"] = self.plan_stage("organ", organ_sp, med, {"target_spacing": why_organ})
-            out["organ"]["input"] = "roi_crop" if roi_margin else "whole"
+            out["organ"]["input"] = {"crop": "roi", "margin_mm": roi_margin} if roi_margin else {"crop": "body"}
+            out["organ"]["why"]["input"] = (f"the roi stage's foreground box plus a margin: {why_roi_margin}"
+                                            if roi_margin else "the body-cropped volume (no roi stage)")
             if self.tumour_labels and self.organ_labels():
                 out["organ"]["tumour_voxels_as_host"] = True
                 out["organ"]["why"]["tumour_voxels_as_host"] = ("tumour voxels are trained as their host organ, "
@@ -298,9 +300,11 @@ class ExperimentPlanner:
             margin, why_m = self.tumour_margin_mm(host, organ_sp)
             med = self.median_shape("tumour", sp, margin,
                                     lambda c: _union([c.get("label_bbox", {}).get(str(h)) for h in host]))
-            out["tumour"] = self.plan_stage("tumour", sp, med, {"target_spacing": why_sp, "crop_margin_mm": why_m,
-                                                                "host_organs": why_host})
-            out["tumour"].update(crop_margin_mm=margin, host_organs=host, input="organ_crop")
+            out["tumour"] = self.plan_stage("tumour", sp, med, {"target_spacing": why_sp,
+                                                                "input": f"host organs: {why_host}; margin: {why_m}"})
+            src = "organ" if "organ" in out else "body"
+            out["tumour"]["input"] = {"crop": src, "labels": host, "margin_mm": margin} if src != "body" \
+                else {"crop": "body"}
         return self.assemble(out, why_stages)
 
     def assemble(self, stages: dict, why_stages: str) -> dict:

@@ -11,7 +11,7 @@ from autoseg import AutosegError
 from autoseg.datasets import RawDataset, check_integrity
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.paths import find_dataset_folder, preprocessed_root, raw_root
-from autoseg.plans import STAGES, load_plans, save_plans
+from autoseg.plans import load_plans, plans_file_name, plans_subdir, save_plans
 from autoseg.preprocessing.preprocessor import preprocess_dataset
 from autoseg.utils import atomic_path
 from autoseg.planners.registry import find_planner
@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 def _resolve_plans(ds: RawDataset, fp: dict, out: Path, planner: str, stages: list[str] | None,
                    target_spacing: list[float] | None, gpu_memory_gb: float, plans_file: str | None,
-                   overwrite_plans: bool, planner_path: list[str] | str | None) -> dict:
-    """A given plans file, else an existing (maybe hand-edited) plans.json, else fresh plans."""
-    dest = out / "plans.json"
+                   overwrite_plans: bool, planner_path: list[str] | str | None, plans_name: str | None = None) -> dict:
+    """A given plans file, else an existing (maybe hand-edited) plans file, else fresh plans."""
+    dest = out / plans_file_name(plans_name)
     if plans_file:
         plans = load_plans(plans_file)
         if Path(plans_file).resolve() != dest.resolve():
@@ -51,12 +51,10 @@ def plan_and_preprocess(task: str | int, planner: str = "ExperimentPlanner", sta
                         num_workers: int = 2, raw: str | os.PathLike | None = None,
                         preprocessed: str | os.PathLike | None = None, verify: bool = True,
                         plans_file: str | None = None, progress: bool = True, overwrite_plans: bool = False,
-                        planner_path: list[str] | str | None = None) -> Path:
-    """Check, fingerprint, plan and preprocess dataset ``task``; returns its preprocessed folder."""
-    if stages:
-        unknown = [s for s in stages if s not in STAGES]
-        if unknown:
-            raise AutosegError(f"--stages: unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+                        planner_path: list[str] | str | None = None, plans_name: str | None = None) -> Path:
+    """Check, fingerprint, plan and preprocess dataset ``task``; returns its preprocessed folder.
+    ``plans_name`` (as nnU-Net's -p): plans in ``plans_NAME.json``, caches in ``plans_NAME/``."""
+    plans_file_name(plans_name)  # a bad name fails before any work
     ds = RawDataset.load(find_dataset_folder(task, raw_root(raw)))
     out = preprocessed_root(preprocessed) / ds.name
     out.mkdir(parents=True, exist_ok=True)
@@ -70,10 +68,13 @@ def plan_and_preprocess(task: str | int, planner: str = "ExperimentPlanner", sta
     fp = compute_fingerprint(ds, out / "dataset_fingerprint.json", num_workers, progress)
     t2 = time.perf_counter()
     plans = _resolve_plans(ds, fp, out, planner, stages, target_spacing, gpu_memory_gb, plans_file,
-                           overwrite_plans, planner_path)
+                           overwrite_plans, planner_path, plans_name)
     t3 = time.perf_counter()
+    unknown = [s for s in stages or [] if s not in plans["stages"]]
+    if unknown:
+        raise AutosegError(f"--stages: stage(s) {unknown} not in the plans (stages: {', '.join(plans['stages'])})")
     todo = [s for s in plans["stages"] if not stages or s in stages]
-    preprocess_dataset(ds, plans, out, todo, num_workers, progress)
+    preprocess_dataset(ds, plans, out / plans_subdir(plans_name), todo, num_workers, progress)
     t4 = time.perf_counter()
     src, dst = ds.folder / "dataset.json", out / "dataset.json"
     if not dst.exists() or dst.read_bytes() != src.read_bytes():  # label names travel with the cache

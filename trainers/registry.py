@@ -4,6 +4,8 @@ User folders come from ``--trainer-path`` and ``AUTOSEG_TRAINER_PATH`` (``os.pat
 Every ``.py`` file there is imported (the folder is put on ``sys.path`` first so files may import
 their neighbours) and each ``Trainer`` subclass *defined* in it is registered under its class name.
 A name defined in two places is refused, naming both files, rather than silently picking one.
+The same files extend the network registry (``autoseg.networks``): a network defined beside a
+trainer is found at training and at inference alike.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from autoseg import AutosegError
 
 ENV_VAR = "AUTOSEG_TRAINER_PATH"
 _loaded_files: dict[tuple[str, float], ModuleType] = {}
+_given_folders: list[str] = []  # --trainer-path folders seen in this process: network lookups reuse them
 
 
 def trainer_folders(extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
@@ -30,6 +33,7 @@ def trainer_folders(extra: Iterable[str | os.PathLike] | str | os.PathLike | Non
     if extra is not None:
         for e in [extra] if isinstance(extra, (str, os.PathLike)) else extra:
             items += str(e).split(os.pathsep)
+        _given_folders.extend(i for i in items if i.strip() and i not in _given_folders)
     items += os.environ.get(ENV_VAR, "").split(os.pathsep)
     out: list[Path] = []
     for item in items:
@@ -68,7 +72,23 @@ def _import_file(path: Path) -> ModuleType:
         sys.modules.pop(name, None)
         raise AutosegError(f"{path}: cannot import trainer file ({type(e).__name__}: {e})") from e
     _loaded_files[key] = module
+    from autoseg.networks.registry import register_module_networks
+
+    register_module_networks(module)
     return module
+
+
+def _user_files(folder: Path) -> list[Path]:
+    return [path for path in sorted(folder.rglob("*.py")) if "__pycache__" not in path.parts
+            and not any(part.startswith(".") for part in path.relative_to(folder).parts)]
+
+
+def load_user_modules(extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[ModuleType]:
+    """Import every file on the trainer path (``extra``, folders given earlier in this process, then
+    AUTOSEG_TRAINER_PATH): their trainers become findable and their networks buildable."""
+    given = [] if extra is None else [extra] if isinstance(extra, (str, os.PathLike)) else list(extra)
+    folders = trainer_folders([*given, *(f for f in _given_folders if Path(f).expanduser().is_dir())])
+    return [_import_file(path) for folder in folders for path in _user_files(folder)]
 
 
 def _package_modules() -> list[ModuleType]:
@@ -90,9 +110,7 @@ def known_trainers(extra: Iterable[str | os.PathLike] | str | os.PathLike | None
         for cls in _trainer_classes(module):
             add(cls, inspect.getsourcefile(cls) or module.__name__)
     for folder in trainer_folders(extra):
-        for path in sorted(folder.rglob("*.py")):
-            if "__pycache__" in path.parts or any(part.startswith(".") for part in path.relative_to(folder).parts):
-                continue
+        for path in _user_files(folder):
             for cls in _trainer_classes(_import_file(path)):
                 add(cls, str(path))
     return found
