@@ -27,6 +27,7 @@ from autoseg.inference.fused_resample import SlabArgmaxResampler
 from autoseg.inference.models import StageModel, find_stage_checkpoints, load_stage_model
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler
+from autoseg.inference.refinement import refine_stage
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
 from autoseg.stage_graph import BODY, crop_labels, dependencies, is_localiser, stage_input
 
@@ -189,7 +190,10 @@ class CascadePredictor:
                     if sbox is None:
                         log.info("stage %s: nothing to crop from its source's prediction, skipped", s)
                         continue
-                    labels = self._stage_safe(sm, vol, sbox, spacing, probs, prof)
+                    if stage_input(sm.plans, s).saliency_stage is None:
+                        labels = self._stage_safe(sm, vol, sbox, spacing, probs, prof)
+                    else:  # refinement: the fused labels so far are its saliency input
+                        labels = refine_stage(self, sm, vol, sbox, spacing, out, probs, prof)
                     _fuse(out[_slices(sbox)], labels, sm.classes, fresh=not produced,
                           clear=bool(produced & set(sm.classes)))
                     produced.update(sm.classes)
@@ -283,12 +287,18 @@ class CascadePredictor:
             arr = image.astype(np.float32, copy=False)
         return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
 
-    def _prepare(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float]) -> torch.Tensor:
-        """Crop the raw volume (before resampling: no work outside the box), resample, normalise."""
+    def _prepare(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float],
+                 saliency: torch.Tensor | None = None) -> torch.Tensor:
+        """Crop the raw volume (before resampling: no work outside the box), resample, normalise;
+        ``saliency`` (C, *box shape), resampled alike, is appended as extra channels."""
         crop = vol[_slices(box)][None]
         shape = compute_new_shape(crop.shape[1:], spacing, sm.spacing)
-        x = resample_image(crop, shape, anisotropic=needs_anisotropic(spacing, sm.spacing))
-        return normalize(x if x.dtype == torch.float32 else x.float(), sm.plans["intensity"])
+        aniso = needs_anisotropic(spacing, sm.spacing)
+        x = resample_image(crop, shape, anisotropic=aniso)
+        x = normalize(x if x.dtype == torch.float32 else x.float(), sm.plans["intensity"])
+        if saliency is None:
+            return x
+        return torch.cat([x, resample_image(saliency.float(), shape, anisotropic=aniso)])
 
     def _mirror_axes(self, sm: StageModel) -> list[int] | None:
         return list(sm.config.get("mirror_axes", [0, 1, 2])) if self.tta else None
@@ -328,10 +338,10 @@ class CascadePredictor:
                 for (lo, hi), b, s, c in zip(cbox, body, size, coarse)]
 
     def _stage_safe(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float],
-                    probs: dict, prof: CaseProfile) -> torch.Tensor:
+                    probs: dict, prof: CaseProfile, saliency: torch.Tensor | None = None) -> torch.Tensor:
         """Run a stage; on CUDA out-of-memory retry once on the lean path (and stay lean)."""
         try:
-            return self._stage_labels(sm, vol, box, spacing, probs)
+            return self._stage_labels(sm, vol, box, spacing, probs, saliency)
         except torch.cuda.OutOfMemoryError:
             if self.device.type != "cuda" or self.lean:
                 raise
@@ -341,12 +351,12 @@ class CascadePredictor:
             prof.notes.append(msg)
             self.lean = True
             torch.cuda.empty_cache()
-            return self._stage_labels(sm, vol, box, spacing, probs).to(vol.device)
+            return self._stage_labels(sm, vol, box, spacing, probs, saliency).to(vol.device)
 
     def _stage_labels(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float],
-                      probs: dict) -> torch.Tensor:
+                      probs: dict, saliency: torch.Tensor | None = None) -> torch.Tensor:
         """Label values (original ids) of one stage inside ``box``, at the original resolution."""
-        x = self._prepare(sm, vol, box, spacing)
+        x = self._prepare(sm, vol, box, spacing, saliency)
         net_shape = tuple(x.shape[1:])
         crop_shape = bbox_shape(box)
         host = torch.device("cpu") if self.lean else self.device

@@ -81,6 +81,7 @@ class CaseProfile:
         self.sampler = sampler
         self.times: dict[str, float] = {}
         self.notes: list[str] = []
+        self.info: dict[str, dict] = {}  # per stage extras, e.g. refinement rounds and time per round
         if enabled:
             if sampler is not None:
                 sampler.reset()
@@ -122,6 +123,8 @@ class CaseProfile:
             out["cuda_peak_used_mb"] = round((self.sampler.peak_device if self.sampler else 0) / mb, 1)
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.info:
+            out["stage_info"] = dict(self.info)
         return out
 
 
@@ -133,4 +136,7 @@ def format_profile(name: str, summary: dict) -> str:
     if "cuda_max_allocated_mb" in summary:
         mem += (f", CUDA max allocated {summary['cuda_max_allocated_mb']:.0f} MB, "
                 f"device peak used {summary['cuda_peak_used_mb']:.0f} MB")
+    for stage, info in summary.get("stage_info", {}).items():
+        if "rounds" in info:
+            parts.append(f"{stage} rounds {info['rounds']} ({', '.join(f'{t:.2f}' for t in info['seconds_per_round'])}s)")
     return f"{name}: " + ", ".join(parts) + f" | total {summary['total']:.2f}s | {mem}"

@@ -76,21 +76,36 @@ def test_user_network_beside_trainer_trains_and_predicts(phantom_dataset, monkey
     err = [line for line in r.stderr.splitlines() if "error" in line]
     assert len(err) == 1 and "TinyUserNet" in err[0] and "AUTOSEG_TRAINER_PATH" in err[0], r.stderr
 
-    # a second, named plans (as nnU-Net's -p): own caches, own models, the default ones untouched
+    # a second, named plans (as nnU-Net's -p) with a pancreas refinement stage: own caches, own models,
+    # the default ones untouched; the refinement runs from the CLI and --profile reports its rounds
     pre = root / "pre" / "Dataset501_Phantom"
     plans = json.loads((pre / "plans.json").read_text())
-    plans["stages"]["organ"]["target_spacing"] = [s * 1.5 for s in plans["stages"]["organ"]["target_spacing"]]
-    (root / "coarse.json").write_text(json.dumps(plans))
+    organ = plans["stages"]["organ"]
+    organ["target_spacing"] = [s * 1.5 for s in organ["target_spacing"]]
+    pancreas = plans["labels"]["pancreas"]
+    plans["stages"]["pancreas_refine"] = {
+        **{k: organ[k] for k in ("target_spacing", "patch_size", "batch_size", "network")}, "classes": [pancreas],
+        "input": {"crop": "organ", "labels": [pancreas], "margin_mm": [10, 10, 10],
+                  "saliency": {"stage": "organ", "classes": [pancreas]}}, "refine": {"max_rounds": 3}}
+    (root / "refine.json").write_text(json.dumps(plans))
     before = {p: p.stat().st_mtime for p in (pre / "organ").glob("*.npz")}
-    assert main(["plan_and_preprocess", "-t", "501", "-p", "coarse", "--plans", str(root / "coarse.json"),
+    assert main(["plan_and_preprocess", "-t", "501", "-p", "refine", "--plans", str(root / "refine.json"),
                  "-np", "1", "--no-progress"]) == 0
-    assert (pre / "plans_coarse.json").is_file() and len(list((pre / "plans_coarse" / "organ").glob("*.npz"))) == 2
+    assert (pre / "plans_refine.json").is_file() and len(list((pre / "plans_refine" / "organ").glob("*.npz"))) == 2
     assert {p: p.stat().st_mtime for p in (pre / "organ").glob("*.npz")} == before
-    assert main(["run_training", "organ", "TrainerUserNet", "501", "all", "-nw", "0", "--device", "cpu",
-                 "-p", "coarse", "--trainer-path", str(users)]) == 0
-    named = root / "res" / "Dataset501_Phantom" / "plans_coarse" / "organ" / "TrainerUserNet" / "fold_all"
+    import numpy as np
+
+    with np.load(next((pre / "plans_refine" / "pancreas_refine").glob("*.npz"))) as z:
+        assert z["data"].shape[0] == 2 and 0 < z["data"][1].max() <= 1  # CT + ground-truth saliency
+    for stage in ("organ", "pancreas_refine"):
+        assert main(["run_training", stage, "TrainerUserNet", "501", "all", "-nw", "0", "--device", "cpu",
+                     "-p", "refine", "--trainer-path", str(users)]) == 0
+    named = root / "res" / "Dataset501_Phantom" / "plans_refine" / "pancreas_refine" / "TrainerUserNet" / "fold_all"
     assert (named / "checkpoint_final.pt").is_file()
+    capsys.readouterr()
     assert main(["run_inference", "-i", str(root / "raw" / "Dataset501_Phantom" / "imagesTs"), "-o",
-                 str(root / "pred_coarse"), "-t", "501", "-tr", "TrainerUserNet", "-p", "coarse", "--device", "cpu",
-                 "--trainer-path", str(users)]) == 0
-    assert len(list((root / "pred_coarse").glob("*.nii.gz"))) == 1
+                 str(root / "pred_refine"), "-t", "501", "-tr", "TrainerUserNet", "-p", "refine", "--device", "cpu",
+                 "--trainer-path", str(users), "--profile"]) == 0
+    assert len(list((root / "pred_refine").glob("*.nii.gz"))) == 1
+    shown = capsys.readouterr().out
+    assert "organ" in shown and ("pancreas_refine rounds" in shown or "pancreas_refine 0.00s" in shown), shown

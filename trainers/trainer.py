@@ -33,6 +33,7 @@ from autoseg.devices import cpu_bf16_supported, resolve_device
 from autoseg.trainers.checkpoint import load_checkpoint, load_pretrained, rng_state, save_checkpoint, set_rng_state
 from autoseg.trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler, seed_process
 from autoseg.trainers.progress import TrainingLog
+from autoseg.trainers.saliency import with_saliency_perturbation
 from autoseg.trainers.schedule import PolyLR
 from autoseg.trainers.splits import fold_cases, load_or_create_splits, parse_fold
 
@@ -165,7 +166,8 @@ class Trainer:
         return SpatialAugmenter(self.patch_size, self.augmentation_config(), self.spacing)
 
     def training_transforms(self) -> Any:
-        return training_transforms(self.patch_size, self.augmentation_config(), self.spacing)
+        return with_saliency_perturbation(training_transforms(self.patch_size, self.augmentation_config(), self.spacing),
+                                          self.plans, self.stage)
 
     def validation_transforms(self) -> Any:
         return validation_transforms()

@@ -148,6 +148,16 @@ def _resample_channels(imgs: list[np.ndarray], box: BBox, new_shape: list[int], 
     return chans[0] if len(chans) == 1 else np.concatenate(chans, axis=0)
 
 
+def _saliency_channels(lab: np.ndarray | None, box: BBox, classes, new_shape: list[int], aniso: bool,
+                       device: torch.device) -> np.ndarray:
+    """(C, Z, Y, X) float16 masks of ``classes`` resampled like the image (the trainer perturbs them)."""
+    if lab is None:
+        return np.zeros((len(classes), *new_shape), np.float16)
+    crop = crop_array(lab, box)
+    masks = torch.stack([torch.from_numpy(np.ascontiguousarray(crop == c)) for c in classes]).to(device, torch.float32)
+    return resample_image(masks, new_shape, aniso).clamp_(0, 1).to(torch.float16).cpu().numpy()
+
+
 def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], lab: np.ndarray | None,
                    geo, body: BBox, boxes: dict[int, BBox], folder: Path, device: torch.device) -> None:
     st = plans["stages"][stage]
@@ -157,6 +167,9 @@ def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], 
     new_shape = compute_new_shape(crop_shape, geo.spacing, target)
     aniso = needs_anisotropic(geo.spacing, target)
     data = _resample_channels(imgs, box, new_shape, aniso, plans["intensity"], device)
+    sal = stage_input(plans, stage).saliency_classes
+    if sal:  # a refinement stage: ground-truth masks of the saliency classes as extra channels
+        data = np.concatenate([data, _saliency_channels(lab, box, sal, new_shape, aniso, device)])
     n_cls = len(stage_classes(plans, stage))
     if lab is None:
         seg = np.full((1, *new_shape), -1, np.int8)
