@@ -195,3 +195,22 @@ def test_find_planner_registry(tmp_path, monkeypatch):
     assert find_planner("FinePlanner").__name__ == "FinePlanner"
     with pytest.raises(AutosegError, match="known: .*ExperimentPlanner"):
         find_planner("NoSuchPlanner")
+
+
+def test_refinement_planned_for_pancreas_and_small_organs():
+    labels = {**ORGANS, "pancreas": 4}
+    fp = synthetic_fingerprint(labels=labels)
+    plans = validate_plans(ExperimentPlanner(fp).plan())
+    ref = plans["stages"]["refine_pancreas"]
+    assert list(plans["stages"])[-1] == "refine_pancreas" and ref["classes"] == [4]
+    assert ref["input"]["crop"] == "organ" and ref["input"]["saliency"] == {"stage": "organ", "classes": [4]}
+    assert ref["refine"]["max_rounds"] >= 2 and "30000 mm3" in ref["why"]["input"]
+    # a small organ by median volume (threshold recorded in why), capped by refine_max_stages
+    fp["dataset"]["labels"] = {"3": {"volume_mm3_median": 8000.0}, "1": {"volume_mm3_median": 1.5e6}}
+
+    class Two(ExperimentPlanner):
+        refine_max_stages = 2
+
+    plans = validate_plans(Two(fp).plan())
+    assert [s for s in plans["stages"] if s.startswith("refine_")] == ["refine_pancreas", "refine_kidney"]
+    assert "refine_pancreas" not in ExperimentPlanner(synthetic_fingerprint()).plan()["stages"]
