@@ -190,7 +190,11 @@ class CascadePredictor:
                     if sbox is None:
                         log.info("stage %s: nothing to crop from its source's prediction, skipped", s)
                         continue
-                    if stage_input(sm.plans, s).saliency_stage is None:
+                    sal = stage_input(sm.plans, s).saliency_stage
+                    if sal is not None and sal not in self.labellers:
+                        log.warning("stage %s: its saliency source '%s' is not loaded; stage skipped", s, sal)
+                        continue
+                    if sal is None:
                         labels = self._stage_safe(sm, vol, sbox, spacing, probs, prof)
                     else:  # refinement: the fused labels so far are its saliency input
                         labels = refine_stage(self, sm, vol, sbox, spacing, out, probs, prof)
