@@ -36,6 +36,7 @@ setup(
         "connected-components-3d>=3.12",
         "matplotlib>=3.7",
         "tqdm>=4.60",
+        "pydantic>=2.0",
     ],
     extras_require={
         "test": ["pytest>=7", "highdicom>=0.22"],

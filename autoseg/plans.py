@@ -1,122 +1,87 @@
 """The plans JSON: the contract between planning, preprocessing, training and inference.
 
 Plans are plain dicts so users can edit them by hand; ``validate_plans`` checks every key a later
-stage relies on and fails with the key's dotted name. Unknown keys are kept untouched.
+stage relies on (``autoseg.plans_schema``, pydantic) and the stage graph (``autoseg.stage_graph``), and
+fails with the key's dotted name. Unknown keys are kept untouched.
 """
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from autoseg import AutosegError
 from autoseg.paths import check_dataset_name
+from autoseg.plans_schema import NetworkModel, PlansModel, check, fail
+from autoseg.stage_graph import check_graph, migrate_v1, stage_in_channels, stage_order
 from autoseg.utils import load_json, save_json
 
-SCHEMA_VERSION = 1
-STAGES = ("roi", "organ", "tumour")
-STAGE_INPUTS = ("whole", "roi_crop", "organ_crop")
+SCHEMA_VERSION = 2
+STAGES = ("roi", "organ", "tumour")  # the default planner's stage names; plans may name any others
 NETWORK_CLASSES = ("UNet", "EfficientSegNet")
+PLANS_NAME = "plans"
 
 
-def _fail(where: str, key: str, what: str) -> None:
-    raise AutosegError(f"{where}: plans key '{key}' {what}")
+def validate_network(net: Any, where: str, key: str = "network") -> dict:
+    """Check a network config with its class's own ``config_model`` (pydantic; default: the U-shaped
+    networks' ``NetworkModel``); the class must be registered (user files on the trainer path count)."""
+    from autoseg.networks.registry import network_class
 
-
-def _check_vec(where: str, key: str, v: Any, kind: type, n: int = 3) -> None:
-    ok = isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float) if kind is float else int)
-                                                     and not isinstance(x, bool) and x > 0 for x in v)
-    if not ok:
-        _fail(where, key, f"must be a list of {n} positive {'numbers' if kind is float else 'integers'}, got {v!r}")
-
-
-def _validate_network(where: str, key: str, net: Any) -> None:
     if not isinstance(net, dict):
-        _fail(where, key, "must be an object")
-    # Any registered class name is allowed (users register their own); build_network names unknown ones.
-    if not (isinstance(net.get("class"), str) and net["class"]):
-        _fail(where, f"{key}.class", f"must be a network class name such as {NETWORK_CLASSES}, got {net.get('class')!r}")
-    feats = net.get("features")
-    if not (isinstance(feats, list) and feats and all(isinstance(f, int) and f > 0 for f in feats)):
-        _fail(where, f"{key}.features", f"must be a non-empty list of positive integers, got {feats!r}")
-    for k in ("kernel_sizes", "strides"):
-        v = net.get(k)
-        if not (isinstance(v, list) and len(v) == len(feats)):
-            _fail(where, f"{key}.{k}", f"must be a list with one entry per stage ({len(feats)}), got {v!r}")
-        for i, e in enumerate(v):
-            _check_vec(where, f"{key}.{k}[{i}]", e, int)
-    if net.get("blocks", "plain") not in ("plain", "residual"):
-        _fail(where, f"{key}.blocks", f"must be 'plain' or 'residual', got {net.get('blocks')!r}")
+        fail(where, key, f"must be an object, got {type(net).__name__}")
+    try:
+        cls = network_class(net.get("class"), f"{key}.class")
+    except AutosegError as e:
+        raise AutosegError(f"{where}: {e}") from None
+    check(getattr(cls, "config_model", NetworkModel), net, where, key)
+    return net
 
 
-def validate_stage(where: str, name: str, st: Any, labels: dict[str, int]) -> None:
-    key = f"stages.{name}"
-    if not isinstance(st, dict):
-        _fail(where, key, "must be an object")
-    _check_vec(where, f"{key}.target_spacing", st.get("target_spacing"), float)
-    _check_vec(where, f"{key}.patch_size", st.get("patch_size"), int)
-    bs = st.get("batch_size")
-    if not (isinstance(bs, int) and bs > 0):
-        _fail(where, f"{key}.batch_size", f"must be a positive integer, got {bs!r}")
-    classes = st.get("classes")
-    label_values = set(labels.values()) - {0}
-    if classes != "foreground":
-        if not (isinstance(classes, list) and classes and all(isinstance(c, int) for c in classes)):
-            _fail(where, f"{key}.classes", f"must be 'foreground' or a non-empty list of label values, got {classes!r}")
-        unknown = sorted(set(classes) - label_values)
+def _check_stage(plans: dict, name: str, where: str) -> None:
+    st, key = plans["stages"][name], f"stages.{name}"
+    values = set(plans["labels"].values()) - {0}
+    if st["classes"] != "foreground":
+        unknown = sorted(set(st["classes"]) - values)
         if unknown:
-            _fail(where, f"{key}.classes", f"names label values {unknown} not in 'labels'")
-    if st.get("input", "whole") not in STAGE_INPUTS:
-        _fail(where, f"{key}.input", f"must be one of {STAGE_INPUTS}, got {st.get('input')!r}")
-    if "crop_margin_mm" in st:
-        _check_vec(where, f"{key}.crop_margin_mm", [m + 1e-9 for m in st["crop_margin_mm"]]
-                   if isinstance(st["crop_margin_mm"], list) else st["crop_margin_mm"], float)
-    if "host_organs" in st and not (isinstance(st["host_organs"], list)
-                                    and all(isinstance(c, int) for c in st["host_organs"])):
-        _fail(where, f"{key}.host_organs", f"must be a list of label values, got {st['host_organs']!r}")
-    _validate_network(where, f"{key}.network", st.get("network"))
-    net = st["network"]
-    stride = [1, 1, 1]
-    for s in net["strides"]:
-        stride = [a * b for a, b in zip(stride, s)]
-    if any(p % s for p, s in zip(st["patch_size"], stride)):
-        _fail(where, f"{key}.patch_size", f"{st['patch_size']} is not divisible by the network's total stride {stride}")
+            fail(where, f"{key}.classes", f"names label values {unknown} not in 'labels'")
+    net = validate_network(st["network"], where, f"{key}.network")
+    if "strides" in net:
+        stride = [1, 1, 1]
+        for s in net["strides"]:
+            stride = [a * b for a, b in zip(stride, s)]
+        if any(p % s for p, s in zip(st["patch_size"], stride)):
+            fail(where, f"{key}.patch_size", f"{st['patch_size']} is not divisible by the network's total stride {stride}")
 
 
 def validate_plans(plans: Any, where: str = "plans") -> dict:
-    """Check a plans dict; raise AutosegError naming the first bad key. Returns the plans."""
+    """Check a plans dict; raise AutosegError naming the first bad key. Schema 1 plans are migrated
+    (logged). Returns the (possibly migrated) plans: callers use the return value."""
     if not isinstance(plans, dict):
         raise AutosegError(f"{where}: plans must be a JSON object")
-    if plans.get("schema_version") != SCHEMA_VERSION:
-        _fail(where, "schema_version", f"must be {SCHEMA_VERSION}, got {plans.get('schema_version')!r}")
-    for key, typ in (("dataset_name", str), ("labels", dict), ("intensity", dict), ("stages", dict)):
-        if not isinstance(plans.get(key), typ):
-            _fail(where, key, f"is missing or not a {typ.__name__}")
-    labels = plans["labels"]
-    if not all(isinstance(v, int) for v in labels.values()):
-        _fail(where, "labels", "must map names to integer values")
-    inten = plans["intensity"]
-    if inten.get("scheme") not in ("ct", "zscore"):
-        _fail(where, "intensity.scheme", f"must be 'ct' or 'zscore', got {inten.get('scheme')!r}")
-    if inten["scheme"] == "ct":
-        clip = inten.get("clip")
-        if not (isinstance(clip, list) and len(clip) == 2 and clip[0] < clip[1]):
-            _fail(where, "intensity.clip", f"must be [low, high] with low < high, got {clip!r}")
-    for k in ("mean", "std"):
-        if not isinstance(inten.get(k), (int, float)):
-            _fail(where, f"intensity.{k}", "is missing or not a number")
-    if inten["std"] <= 0:
-        _fail(where, "intensity.std", "must be positive")
-    if not plans["stages"]:
-        _fail(where, "stages", "must hold at least one stage")
-    for name, st in plans["stages"].items():
-        if name not in STAGES:
-            _fail(where, f"stages.{name}", f"is not a known stage ({', '.join(STAGES)})")
-        validate_stage(where, name, st, labels)
-    tr = plans.get("transpose", [0, 1, 2])
-    if sorted(tr) != [0, 1, 2]:
-        _fail(where, "transpose", f"must be a permutation of [0, 1, 2], got {tr!r}")
+    if plans.get("schema_version") == 1:
+        plans = migrate_v1(plans, where)
+    check(PlansModel, plans, where)
+    for name in plans["stages"]:
+        _check_stage(plans, name, where)
+    check_graph(plans, where)
     return plans
+
+
+def plans_file_name(name: str | None = None) -> str:
+    """``plans.json`` for the default plans name, ``plans_NAME.json`` for another (as nnU-Net's -p)."""
+    name = name or PLANS_NAME
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+        raise AutosegError(f"plans name {name!r}: use letters, digits, '-' and '_'")
+    return "plans.json" if name == PLANS_NAME else f"plans_{name}.json"
+
+
+def plans_subdir(name: str | None = None) -> str:
+    """Folder (under the dataset's preprocessed and results folders) that keeps a named plans' caches
+    and models apart; '' for the default plans (the layout before plans names existed)."""
+    name = name or PLANS_NAME
+    plans_file_name(name)
+    return "" if name == PLANS_NAME else f"plans_{name}"
 
 
 def load_plans(path: str | os.PathLike) -> dict:
@@ -129,8 +94,7 @@ def load_plans(path: str | os.PathLike) -> dict:
 
 
 def save_plans(plans: dict, path: str | os.PathLike) -> None:
-    validate_plans(plans, str(path))
-    save_json(plans, path)
+    save_json(validate_plans(plans, str(path)), path)
 
 
 def stage_classes(plans: dict, stage: str) -> list[int]:
@@ -154,3 +118,8 @@ def tumour_label_values(plans: dict) -> list[int]:
 def organ_label_values(plans: dict) -> list[int]:
     tum = set(tumour_label_values(plans))
     return sorted(v for v in plans["labels"].values() if v != 0 and v not in tum)
+
+
+__all__ = ["SCHEMA_VERSION", "STAGES", "PLANS_NAME", "validate_plans", "validate_network", "load_plans", "save_plans",
+           "stage_classes", "num_outputs", "stage_in_channels", "stage_order", "plans_file_name", "plans_subdir",
+           "tumour_label_values", "organ_label_values"]

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def memory(args: argparse.Namespace) -> dict:
     import torch
 
-    from benchmarks.bench_inference_gpu import _allow_missing_simpleitk, oracle_predictor
+    from benchmarks.bench_inference_gpu import _allow_missing_simpleitk, host_labels, oracle_predictor
     _allow_missing_simpleitk()
     from autoseg.synthetic import make_phantom
     from autoseg.inference.predictor import CascadePredictor
@@ -54,7 +54,7 @@ def memory(args: argparse.Namespace) -> dict:
     rss_inputs = current_rss_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = write_random_checkpoints(plans, tmp, stages=stages)
-        host = plans["stages"].get("tumour", {}).get("host_organs")
+        host = host_labels(plans)
         cls = oracle_predictor(CascadePredictor, lab, host) if args.crops != "predicted" else CascadePredictor
         pred = cls(ckpts, device="cpu", step_size=args.step_size, num_threads=args.threads)
     if args.crops == "whole":  # no roi stage loaded: organ on the whole body; tumour in the liver box
@@ -120,7 +120,7 @@ def tensors(args: argparse.Namespace) -> dict:
     img, lab = phantom(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = write_random_checkpoints(plans, tmp)
-        host = plans["stages"].get("tumour", {}).get("host_organs")
+        host = host_labels(plans)
         pred = oracle_predictor(CascadePredictor, lab, host)(ckpts, device="cpu", precision="bf16")
     res: dict = {"shape": list(SHAPE), "spacing": list(SPACING), "threads": torch.get_num_threads(),
                  "precision": "bf16", "windows": {}}

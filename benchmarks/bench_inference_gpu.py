@@ -73,6 +73,15 @@ def make_plans(out: Path, n_cases: int = 3) -> dict:
     return plans
 
 
+def host_labels(plans: dict) -> list[int] | None:
+    """The labels the tumour stage is cropped around (any plans schema)."""
+    from autoseg.plans import validate_plans
+    from autoseg.stage_graph import crop_labels
+
+    plans = validate_plans(plans)
+    return crop_labels(plans, "tumour") if "tumour" in plans["stages"] else None
+
+
 def oracle_predictor(base: type, label: np.ndarray, host: list[int] | None = None):
     """The predictor with the boxes a trained model would produce (all networks still run). The boxes
     are computed here, outside the timed calls: a real model gets them from its coarse grid for free."""
@@ -82,19 +91,16 @@ def oracle_predictor(base: type, label: np.ndarray, host: list[int] | None = Non
     host_box = bbox_of_mask(np.isin(label, host or [1]))
 
     class Oracle(base):
-        def _roi_box(self, vol, spacing, body):
-            from autoseg.preprocessing.crop import bbox_with_margin
-
-            super()._roi_box(vol, spacing, body)  # the ROI network's work is done and timed
-            margin = self.stages["roi"].config.get("crop_margin_mm", [0, 0, 0])
-            return bbox_with_margin(fg_box, spacing, margin, vol.shape)
+        def _localise(self, sm, vol, spacing, body):
+            super()._localise(sm, vol, spacing, body)  # the ROI network's work is done and timed
+            return fg_box
 
         def _work_region(self, box, spacing, shape):
             self.region = super()._work_region(box, spacing, shape)  # the frame _host_box answers in
             return self.region
 
-        def _host_box(self, out):
-            super()._host_box(out)  # the device-side host-organ box is computed and timed
+        def _host_box(self, out, stage):
+            super()._host_box(out, stage)  # the device-side host-organ box is computed and timed
             return [[lo - r[0], hi - r[0]] for (lo, hi), r in zip(host_box, self.region)]
 
     return Oracle
@@ -123,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
     CascadePredictor.roi_single_pass_factor = args.roi_single_pass
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = write_random_checkpoints(plans, tmp, stages=stages)
-        host = plans["stages"].get("tumour", {}).get("host_organs")
+        host = host_labels(plans)
         cls = oracle_predictor(CascadePredictor, lab, host) if args.crops == "oracle" else CascadePredictor
         pred = cls(ckpts, device=device, step_size=args.step_size, windows_per_batch=args.windows_per_batch,
                    num_threads=args.threads)

@@ -93,7 +93,7 @@ def autoseg_plans_from_nnunet(nnunet_plans: dict, dataset_json: dict, configurat
         "batch_size": int(cfg["batch_size"]),
         "classes": sorted(v for v in labels.values() if v != 0),
         "network": network_from_arch(cfg["architecture"]),
-        "input": "whole",
+        "input": {"crop": "body"},
     }
     plans = {
         "schema_version": SCHEMA_VERSION,

@@ -49,6 +49,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="print per-case stage times and peak memory; write profile.json in the output folder")
     parser.add_argument("--results", default=None, help="results root (default: $AUTOSEG_RESULTS)")
+    parser.add_argument("-p", "--plans-name", default=None, dest="plans_name", metavar="NAME",
+                        help="use the models trained on plans_NAME.json (default: plans.json)")
+    parser.add_argument("--trainer-path", default=None, dest="trainer_path", metavar="DIR",
+                        help="folder(s) with user trainer/network files (also AUTOSEG_TRAINER_PATH): networks "
+                             "defined there are built as at training")
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--output-format", default="nifti", choices=["nifti", "dicom-seg", "both"],
                         help="for DICOM series inputs: CASE.nii.gz, CASE.seg.dcm (DICOM SEG), or both")
@@ -60,8 +65,8 @@ def _parse_stage_trainers(items: Sequence[str]) -> dict[str, str]:
     out = {}
     for item in items:
         stage, sep, name = item.partition("=")
-        if not sep or stage not in STAGES or not name:
-            raise AutosegError(f"--stage-trainer {item!r}: expected STAGE=NAME with STAGE one of {', '.join(STAGES)}")
+        if not sep or not stage or not name:
+            raise AutosegError(f"--stage-trainer {item!r}: expected STAGE=NAME, e.g. {STAGES[-1]}=TrainerBigPatch")
         out[stage] = name
     return out
 
@@ -72,7 +77,8 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
                   save_probabilities: bool = False, continue_prediction: bool = False, profile: bool = False,
                   results: str | None = None, num_threads: int | None = None, postprocess: bool = True,
                   precision: str = "auto", windows_per_batch: int = 1, model: str | None = None,
-                  output_format: str = "nifti", num_parts: int = 1, part_id: int = 0) -> int:
+                  output_format: str = "nifti", num_parts: int = 1, part_id: int = 0,
+                  plans_name: str | None = None, trainer_path: str | None = None) -> int:
     """Segment every case of ``input_path`` (or part ``part_id`` of ``num_parts``; under torchrun each
     rank a share of it) into ``output_dir`` with the models of ``task`` or of the bundle ``model``.
     Returns 0, or 1 if any case failed (named with their reason on stderr; the others are written)."""
@@ -82,12 +88,14 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
     from autoseg.inference.cohort import cohort_part, report
     from autoseg.inference.predictor import CascadePredictor
     from autoseg.inference.profiling import format_profile
+    from autoseg.trainers.registry import load_user_modules
 
     if (task is None) == (model is None):
         raise AutosegError("give exactly one of -t TASK and -m MODEL")
     if model is not None and (folds or stage_trainers):
         raise AutosegError("-f and --stage-trainer choose among trained folders (-t); a bundle (-m) predicts with "
                            "what it holds: export another bundle instead")
+    load_user_modules(trainer_path)  # user networks: the registry the checkpoints' plans name classes from
     if folds is not None:
         folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
     with cohort_part(num_parts, part_id) as part:
@@ -102,7 +110,8 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
                 predictor = CascadePredictor(ckpts, **kwargs)
         else:
             predictor = CascadePredictor.from_results(task, trainer=trainer, stage_trainers=stage_trainers,
-                                                      folds=folds, results=results, **kwargs)
+                                                      folds=folds, results=results, plans_name=plans_name,
+                                                      **kwargs)
         log.info("models loaded on %s in %.1f s (stages: %s)", predictor.device, time.perf_counter() - t0,
                  ", ".join(predictor.stages))
 
@@ -134,4 +143,5 @@ def run_from_args(args: argparse.Namespace) -> int:
                          profile=args.profile, results=args.results, num_threads=args.num_threads,
                          postprocess=not args.no_postprocessing, precision=args.precision,
                          windows_per_batch=args.windows_per_batch, model=args.model,
-                         output_format=args.output_format, num_parts=args.num_parts, part_id=args.part_id)
+                         output_format=args.output_format, num_parts=args.num_parts, part_id=args.part_id,
+                         plans_name=args.plans_name, trainer_path=args.trainer_path)

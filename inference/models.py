@@ -15,7 +15,7 @@ import torch
 
 from autoseg import AutosegError
 from autoseg.paths import dataset_name, find_dataset_folder, results_root
-from autoseg.plans import STAGES, num_outputs, stage_classes, validate_plans
+from autoseg.plans import num_outputs, plans_subdir, stage_classes, stage_in_channels, validate_plans
 from autoseg.provenance import check_checkpoint_record, check_same_origin
 from autoseg.utils import load_json
 from autoseg.inference.postprocessing import merge_fold_rules
@@ -85,16 +85,18 @@ def cast_conv_weights(network: torch.nn.Module, dtype: torch.dtype) -> None:
                     prm.data = prm.data.to(dtype)
 
 
-def resolve_dataset_dir(task: str | int, results: str | os.PathLike | None = None) -> Path:
-    """The dataset's results folder: by name via the raw/preprocessed roots, else by scanning results."""
+def resolve_dataset_dir(task: str | int, results: str | os.PathLike | None = None,
+                        plans_name: str | None = None) -> Path:
+    """The dataset's results folder (of the named plans): by name via the raw/preprocessed roots, else by
+    scanning results."""
     root = results_root(results)
     try:
         name = dataset_name(task)
         if (root / name).is_dir():
-            return root / name
+            return root / name / plans_subdir(plans_name)
     except AutosegError:
         pass
-    return find_dataset_folder(task, root)
+    return find_dataset_folder(task, root) / plans_subdir(plans_name)
 
 
 def _fold_key(name: str) -> tuple[int, str]:
@@ -128,11 +130,18 @@ def find_checkpoints(stage_dir: Path, folds: Sequence[int | str] | None = None) 
 
 def find_stage_checkpoints(task: str | int, trainer: str = "Trainer", stage_trainers: dict | None = None,
                            folds: Sequence[int | str] | None = None,
-                           results: str | os.PathLike | None = None) -> dict[str, list[Path]]:
-    """``{stage: [checkpoint per fold]}`` for every stage that has at least one checkpoint."""
-    ds = resolve_dataset_dir(task, results)
+                           results: str | os.PathLike | None = None,
+                           plans_name: str | None = None) -> dict[str, list[Path]]:
+    """``{stage: [checkpoint per fold]}`` for every stage folder that has at least one checkpoint (the
+    stage names and their order come from the checkpoints' plans, not from this folder)."""
+    ds = resolve_dataset_dir(task, results, plans_name)
+    names = sorted(p.name for p in ds.iterdir() if p.is_dir() and not p.name.startswith("plans_")) \
+        if ds.is_dir() else []
+    for stage in stage_trainers or {}:
+        if stage not in names:
+            names.append(stage)
     out = {}
-    for stage in STAGES:
+    for stage in names:
         tr = (stage_trainers or {}).get(stage, trainer)
         sdir = ds / stage / tr
         if not sdir.is_dir():
@@ -144,7 +153,7 @@ def find_stage_checkpoints(task: str | int, trainer: str = "Trainer", stage_trai
             out[stage] = ckpts
     if not out:
         raise AutosegError(f"{ds}: no checkpoints found for trainer '{trainer}' in any stage "
-                           f"({', '.join(STAGES)}); train first or pass -tr")
+                           f"({', '.join(names) or 'no stage folders'}); train first or pass -tr")
     return out
 
 
@@ -184,7 +193,8 @@ def load_stage_model(stage: str, checkpoints: Sequence[str | os.PathLike], devic
             raise AutosegError(f"{path}: plans for stage '{stage}' differ from {checkpoints[0]}; "
                                "folds of one ensemble must share patch size, spacing and network")
         plans = plans or p
-        net = build_network(p["stages"][stage]["network"], 1, num_outputs(p, stage), deep_supervision=False)
+        net = build_network(p["stages"][stage]["network"], stage_in_channels(p, stage), num_outputs(p, stage),
+                            deep_supervision=False)
         try:
             net.load_state_dict(ckpt["network_weights"])
         except RuntimeError as e:

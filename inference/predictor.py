@@ -1,4 +1,5 @@
-"""The fused cascade predictor: roi -> organ -> tumour, everything on one device, one upload.
+"""The fused cascade predictor: the plans' stage graph (by default roi -> organ -> tumour) walked in
+dependency order, everything on one device, one upload.
 
 Geometry is handled by never leaving index space: the CT is cropped and resampled as a (z, y, x)
 array with its spacing, predictions are pasted back into an array of the input's exact shape, and
@@ -27,7 +28,9 @@ from autoseg.inference.models import StageModel, find_stage_checkpoints, load_st
 from autoseg.provenance import check_stage_origins
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler
+from autoseg.inference.refinement import refine_stage
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
+from autoseg.stage_graph import BODY, crop_labels, dependencies, is_localiser, stage_input
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,19 @@ def _shift(box: BBox, origin: Sequence[int], sign: int) -> BBox:
     return [[lo + sign * o, hi + sign * o] for (lo, hi), o in zip(box, origin)]
 
 
+def _fuse(region: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], fresh: bool, clear: bool) -> None:
+    """Write a stage's labels into the fused map: the first stage fills its box; a later one overrides
+    where it predicts a class and, if earlier stages produced its classes (a refinement), clears those
+    voxels it now calls background."""
+    if fresh:
+        region.copy_(labels)
+        return
+    hit = labels > 0
+    if clear:
+        region[torch.isin(region, torch.tensor(list(classes), dtype=region.dtype, device=region.device)) & ~hit] = 0
+    region[hit] = labels[hit]
+
+
 def device_bbox(mask: torch.Tensor) -> BBox | None:
     """Tight bbox of a boolean (Z, Y, X) tensor on its device; None if empty."""
     out = []
@@ -70,11 +86,12 @@ def device_bbox(mask: torch.Tensor) -> BBox | None:
 
 
 class CascadePredictor:
-    """Runs the roi, organ and tumour stages it is given on arrays, files or folders.
+    """Runs the stages it is given on arrays, files or folders, in the order of their plans' graph.
 
-    ``models``: ``{stage: [checkpoint per fold]}`` (or ready ``StageModel``s). Only ``organ`` is
-    required: without ``roi`` (or with ``cascade=False``) the organ model sees the whole body-cropped
-    volume; without ``tumour`` no tumour labels are produced. Every stage must come from one dataset
+    ``models``: ``{stage: [checkpoint per fold]}`` (or ready ``StageModel``s). One stage that predicts
+    labels is required: without a localiser (``roi``; or with ``cascade=False``) the stages cropped from
+    it see the whole body-cropped volume; a stage cropped from a missing stage falls back to that
+    stage's own source. Every stage must come from one dataset
     with one set of labels, and from ``dataset`` (the ``-t`` of ``from_results``) when given.
     """
 
@@ -96,15 +113,16 @@ class CascadePredictor:
         self.stages: dict[str, StageModel] = {
             s: m if isinstance(m, StageModel) else load_stage_model(s, m, self.device, conv_dtype)
             for s, m in models.items()}
-        if "organ" not in self.stages:
-            raise AutosegError(f"no organ model among the stages found ({', '.join(self.stages) or 'none'})")
+        self.order = self._stage_order()
+        self.labellers = [s for s in self.order if not is_localiser(self.stages[s].plans, s)]
+        if not self.labellers:
+            raise AutosegError(f"no stage that predicts labels among the stages found ({', '.join(self.stages) or 'none'})")
         check_stage_origins({s: (sm.plans, sm.checkpoints[0] if sm.checkpoints else s)
                              for s, sm in self.stages.items()}, dataset)
-        # As in preprocessing: the organ model was trained on roi crops only if its input says so.
-        self.use_roi = (cascade and "roi" in self.stages
-                        and self.stages["organ"].config.get("input", "roi_crop") == "roi_crop")
-        if cascade and "roi" not in self.stages:
-            log.info("no roi model: the organ model runs on the whole body-cropped volume")
+        # Localiser stages (classes 'foreground': roi) only give boxes; --no-cascade skips them.
+        self.use_roi = cascade and len(self.labellers) < len(self.order)
+        if cascade and not self.use_roi:
+            log.info("no localiser (roi) model: stages cropped from it run on the whole body-cropped volume")
         if not 0 < step_size <= 1:
             raise AutosegError(f"step size must be in (0, 1], got {step_size}")
         self.step_size = step_size
@@ -125,18 +143,17 @@ class CascadePredictor:
         self.written: list[str] = []
         self.label_names: dict[str, int] = self.stages["organ"].plans["labels"]
         self.rules: dict = {}
-        for sm in self.stages.values():
-            if sm.stage != "roi":
-                self.rules.update(sm.rules.get("rules", {}))
-        out_labels = [v for s, sm in self.stages.items() if s != "roi" for v in sm.classes]
+        for s in self.labellers:
+            self.rules.update(self.stages[s].rules.get("rules", {}))
+        out_labels = [v for s in self.labellers for v in self.stages[s].classes]
         self.label_dtype = torch.uint8 if max(out_labels, default=0) < 256 else torch.int16
 
     @classmethod
     def from_results(cls, task: str | int, trainer: str = "Trainer", stage_trainers: dict | None = None,
                      folds: Sequence[int | str] | None = None, results: str | None = None,
-                     **kwargs) -> "CascadePredictor":
-        """Load every stage found under ``AUTOSEG_RESULTS/<Dataset>/<stage>/<trainer>/fold_*``."""
-        ckpts = find_stage_checkpoints(task, trainer, stage_trainers, folds, results)
+                     plans_name: str | None = None, **kwargs) -> "CascadePredictor":
+        """Load every stage found under ``AUTOSEG_RESULTS/<Dataset>/[plans_NAME/]<stage>/<trainer>/fold_*``."""
+        ckpts = find_stage_checkpoints(task, trainer, stage_trainers, folds, results, plans_name)
         for stage, paths in ckpts.items():
             log.info("stage %s: %d fold(s) from %s", stage, len(paths), paths[0].parent.parent)
         return cls(ckpts, dataset=resolve_dataset_dir(task, results).name, **kwargs)
@@ -157,22 +174,39 @@ class CascadePredictor:
         prof = profile or CaseProfile(self.device, enabled=False)
         probs: dict = {}
         with torch.inference_mode():
-            with prof.stage("roi"):
+            with prof.stage("roi"):  # upload, body crop and every localiser stage
                 vol = self._upload(image)
                 body = crop_to_body(image)
-                box = self._roi_box(vol, spacing, body) if self.use_roi else body
-                # From here on everything lives in the region the later stages can read (the roi box
-                # grown by the tumour margin): the rest of the volume leaves the device.
+                found = {s: self._localise(self.stages[s], vol, spacing, body)
+                         for s in self.order if s not in self.labellers and self.use_roi}
+                base = {s: self._base_box(s, found, body, spacing, image.shape) for s in self.labellers}
+                boxes = [b for b in base.values() if b is not None]
+                box = [[min(b[a][0] for b in boxes), max(b[a][1] for b in boxes)] for a in range(3)]
+                # From here on everything lives in the region the later stages can read (the base boxes
+                # grown by the margins of stages cropped from predicted labels): the rest leaves the device.
                 region = self._work_region(box, spacing, image.shape)
                 vol = self._crop_volume(vol, region)
             origin = [lo for lo, _ in region]
             out = torch.zeros(bbox_shape(region), dtype=self.label_dtype, device=self.device)
-            with prof.stage("organ"):
-                obox = _shift(box, origin, -1)
-                out[_slices(obox)] = self._stage_safe(self.stages["organ"], vol, obox, spacing, probs, prof)
-            if "tumour" in self.stages:
-                with prof.stage("tumour"):
-                    self._tumour(vol, out, spacing, probs, prof)
+            produced: set[int] = set()
+            for s in self.labellers:
+                with prof.stage(s):
+                    sm = self.stages[s]
+                    sbox = _shift(base[s], origin, -1) if base[s] is not None else self._label_box(s, out, spacing)
+                    if sbox is None:
+                        log.info("stage %s: nothing to crop from its source's prediction, skipped", s)
+                        continue
+                    sal = stage_input(sm.plans, s).saliency_stage
+                    if sal is not None and sal not in self.labellers:
+                        log.warning("stage %s: its saliency source '%s' is not loaded; stage skipped", s, sal)
+                        continue
+                    if sal is None:
+                        labels = self._stage_safe(sm, vol, sbox, spacing, probs, prof)
+                    else:  # refinement: the fused labels so far are its saliency input
+                        labels = refine_stage(self, sm, vol, sbox, spacing, out, probs, prof)
+                    _fuse(out[_slices(sbox)], labels, sm.classes, fresh=not produced,
+                          clear=bool(produced & set(sm.classes)))
+                    produced.update(sm.classes)
             del vol
             with prof.stage("postprocess"):
                 labels = self._paste(out, region, image.shape)
@@ -183,12 +217,57 @@ class CascadePredictor:
             d["bbox"] = _shift(d["bbox"], origin, 1)
         return labels, probs
 
+    # ------------------------------------------------------------------ the stage graph
+    def _stage_order(self) -> list[str]:
+        """Loaded stages, dependencies first (each stage's input as its own checkpoint's plans say)."""
+        done: list[str] = []
+        while len(done) < len(self.stages):
+            ready = [s for s in self.stages if s not in done
+                     and all(d in done or d not in self.stages for d in dependencies(self.stages[s].plans, s))]
+            if not ready:
+                raise AutosegError(f"the loaded stages' inputs form a cycle: {', '.join(self.stages)}")
+            done.append(ready[0])
+        return done
+
+    def _source(self, stage: str) -> str:
+        """The loaded stage (or the body) ``stage`` is cropped from; a missing source falls back to its own
+        source (no roi model: the body), as does a localiser when the cascade is off."""
+        plans = self.stages[stage].plans
+        src = stage_input(plans, stage).crop
+        seen = {stage}
+        while src != BODY and (src not in self.stages or (src not in self.labellers and not self.use_roi)):
+            if src in seen or src not in plans["stages"]:
+                return BODY
+            seen.add(src)
+            src = stage_input(plans, src).crop
+        return src
+
+    def _base_box(self, stage: str, found: dict, body: BBox, spacing: list[float], shape) -> BBox | None:
+        """The crop (original voxels) of a stage read from the body or a localiser; None for a stage
+        cropped from another stage's labels (known only once that stage has run)."""
+        src = self._source(stage)
+        if src in self.labellers:
+            return None
+        if src == BODY or found.get(src) is None:
+            return [list(b) for b in body]
+        return bbox_with_margin(found[src], spacing, list(stage_input(self.stages[stage].plans, stage).margin_mm), shape)
+
+    def _label_box(self, stage: str, out: torch.Tensor, spacing: list[float]) -> BBox | None:
+        """Crop, in ``out``'s frame, of a stage read from predicted labels: their box plus its margin."""
+        hb = self._host_box(out, stage)
+        if hb is None:
+            return None
+        margin = list(stage_input(self.stages[stage].plans, stage).margin_mm)
+        return bbox_with_margin(hb, spacing, margin, out.shape)
+
     def _work_region(self, box: BBox, spacing: list[float], shape: Sequence[int]) -> BBox:
-        """What the organ and tumour stages can read: the organ box, grown by the tumour stage's margin
-        (its crop is the host-organ box, inside the organ box, plus that margin)."""
-        if "tumour" not in self.stages:
+        """What the label stages can read: the base crops' box, grown by the largest margin of a stage
+        cropped from predicted labels (its crop lies inside the base box plus that margin)."""
+        margins = [stage_input(self.stages[s].plans, s).margin_mm for s in self.labellers
+                   if self._source(s) in self.labellers]
+        if not margins:
             return [list(b) for b in box]
-        return bbox_with_margin(box, spacing, self.stages["tumour"].config.get("crop_margin_mm", [0.0] * 3), shape)
+        return bbox_with_margin(box, spacing, [max(m[a] for m in margins) for a in range(3)], shape)
 
     @staticmethod
     def _paste(out: torch.Tensor, region: BBox, shape: Sequence[int]) -> np.ndarray:
@@ -218,12 +297,18 @@ class CascadePredictor:
             arr = image.astype(np.float32, copy=False)
         return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
 
-    def _prepare(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float]) -> torch.Tensor:
-        """Crop the raw volume (before resampling: no work outside the box), resample, normalise."""
+    def _prepare(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float],
+                 saliency: torch.Tensor | None = None) -> torch.Tensor:
+        """Crop the raw volume (before resampling: no work outside the box), resample, normalise;
+        ``saliency`` (C, *box shape), resampled alike, is appended as extra channels."""
         crop = vol[_slices(box)][None]
         shape = compute_new_shape(crop.shape[1:], spacing, sm.spacing)
-        x = resample_image(crop, shape, anisotropic=needs_anisotropic(spacing, sm.spacing))
-        return normalize(x if x.dtype == torch.float32 else x.float(), sm.plans["intensity"])
+        aniso = needs_anisotropic(spacing, sm.spacing)
+        x = resample_image(crop, shape, anisotropic=aniso)
+        x = normalize(x if x.dtype == torch.float32 else x.float(), sm.plans["intensity"])
+        if saliency is None:
+            return x
+        return torch.cat([x, resample_image(saliency.float(), shape, anisotropic=aniso)])
 
     def _mirror_axes(self, sm: StageModel) -> list[int] | None:
         return list(sm.config.get("mirror_axes", [0, 1, 2])) if self.tta else None
@@ -238,9 +323,9 @@ class CascadePredictor:
             return whole
         return sm.patch_size
 
-    def _roi_box(self, vol: torch.Tensor, spacing: list[float], body: BBox) -> BBox:
-        """Coarse whole-body pass -> main foreground components -> bbox in original voxels + margin."""
-        sm = self.stages["roi"]
+    def _localise(self, sm: StageModel, vol: torch.Tensor, spacing: list[float], body: BBox) -> BBox | None:
+        """Coarse whole-body pass -> main foreground components -> their bbox in original voxels (the
+        stages cropped from it add their own margins); None if nothing was found."""
         x = self._prepare(sm, vol, body, spacing)
         logits = predict_sliding_window(sm.network, x, self._roi_window(sm, x.shape[1:]), sm.num_classes,
                                         self.step_size, self.windows_per_batch, True, self._mirror_axes(sm),
@@ -249,8 +334,9 @@ class CascadePredictor:
         coarse = fg.shape
         del logits, x
         if not fg.any():
-            log.warning("roi model found no foreground; the organ model searches the whole body crop")
-            return body
+            log.warning("%s model found no foreground; the stages cropped from it search the whole body crop",
+                        sm.stage)
+            return None
         comp, n = cc3d.connected_components(fg, connectivity=26, return_N=True)
         counts = np.bincount(comp.ravel(), minlength=n + 1)
         counts[0] = 0
@@ -258,16 +344,14 @@ class CascadePredictor:
         keep[0] = False
         cbox = bbox_of_mask(keep[comp])
         size = bbox_shape(body)
-        box = [[b[0] + int(np.floor(lo * s / c)), b[0] + int(np.ceil(hi * s / c))]
-               for (lo, hi), b, s, c in zip(cbox, body, size, coarse)]
-        margin = sm.config.get("crop_margin_mm", [0.0, 0.0, 0.0])
-        return bbox_with_margin(box, spacing, margin, vol.shape)
+        return [[b[0] + int(np.floor(lo * s / c)), b[0] + int(np.ceil(hi * s / c))]
+                for (lo, hi), b, s, c in zip(cbox, body, size, coarse)]
 
     def _stage_safe(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float],
-                    probs: dict, prof: CaseProfile) -> torch.Tensor:
+                    probs: dict, prof: CaseProfile, saliency: torch.Tensor | None = None) -> torch.Tensor:
         """Run a stage; on CUDA out-of-memory retry once on the lean path (and stay lean)."""
         try:
-            return self._stage_labels(sm, vol, box, spacing, probs)
+            return self._stage_labels(sm, vol, box, spacing, probs, saliency)
         except torch.cuda.OutOfMemoryError:
             if self.device.type != "cuda" or self.lean:
                 raise
@@ -277,12 +361,12 @@ class CascadePredictor:
             prof.notes.append(msg)
             self.lean = True
             torch.cuda.empty_cache()
-            return self._stage_labels(sm, vol, box, spacing, probs).to(vol.device)
+            return self._stage_labels(sm, vol, box, spacing, probs, saliency).to(vol.device)
 
     def _stage_labels(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float],
-                      probs: dict) -> torch.Tensor:
+                      probs: dict, saliency: torch.Tensor | None = None) -> torch.Tensor:
         """Label values (original ids) of one stage inside ``box``, at the original resolution."""
-        x = self._prepare(sm, vol, box, spacing)
+        x = self._prepare(sm, vol, box, spacing, saliency)
         net_shape = tuple(x.shape[1:])
         crop_shape = bbox_shape(box)
         host = torch.device("cpu") if self.lean else self.device
@@ -303,25 +387,11 @@ class CascadePredictor:
             del slab  # not alive during the next window's forward pass
         return out
 
-    def _host_box(self, out: torch.Tensor) -> BBox | None:
-        """Tight box, in ``out``'s frame (the working region), of the predicted host organs: the tumour
-        stage's crop before its margin."""
-        host = self.stages["tumour"].config.get("host_organs") or self.stages["organ"].classes
-        return device_bbox(torch.isin(out, torch.tensor(host, dtype=out.dtype, device=out.device)))
-
-    def _tumour(self, vol: torch.Tensor, out: torch.Tensor, spacing: list[float], probs: dict,
-                prof: CaseProfile) -> None:
-        """Tumour model inside the host-organ box; its labels override the organ labels."""
-        sm = self.stages["tumour"]
-        hb = self._host_box(out)
-        if hb is None:
-            log.info("no host organ predicted: tumour stage skipped")
-            return
-        box = bbox_with_margin(hb, spacing, sm.config.get("crop_margin_mm", [0.0, 0.0, 0.0]), out.shape)
-        t = self._stage_safe(sm, vol, box, spacing, probs, prof)
-        region = out[_slices(box)]
-        hit = t > 0
-        region[hit] = t[hit]
+    def _host_box(self, out: torch.Tensor, stage: str) -> BBox | None:
+        """Tight box, in ``out``'s frame (the working region), of the labels ``stage`` is cropped around
+        (the tumour stage: the predicted host organs), before its margin."""
+        values = crop_labels(self.stages[stage].plans, stage)
+        return device_bbox(torch.isin(out, torch.tensor(values, dtype=out.dtype, device=out.device)))
 
     # ------------------------------------------------------------------ files and folders
     def predict_file(self, path: str | os.PathLike, output: str | os.PathLike,

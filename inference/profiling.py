@@ -81,6 +81,7 @@ class CaseProfile:
         self.sampler = sampler
         self.times: dict[str, float] = {}
         self.notes: list[str] = []
+        self.info: dict[str, dict] = {}  # per stage extras, e.g. refinement rounds and time per round
         if enabled:
             if sampler is not None:
                 sampler.reset()
@@ -111,7 +112,8 @@ class CaseProfile:
 
     def summary(self) -> dict:
         mb = 1024.0 ** 2
-        out: dict = {k: round(self.times.get(k, 0.0), 4) for k in self.STAGES}
+        names = [*self.STAGES[:-2], *(k for k in self.times if k not in self.STAGES), *self.STAGES[-2:]]
+        out: dict = {k: round(self.times.get(k, 0.0), 4) for k in names}  # plans may name other stages
         out["total"] = round(sum(self.times.values()), 4)
         rss = max(self.sampler.peak_rss if self.sampler else 0, current_rss_bytes())
         out["peak_rss_mb"] = round(rss / mb, 1)
@@ -121,14 +123,20 @@ class CaseProfile:
             out["cuda_peak_used_mb"] = round((self.sampler.peak_device if self.sampler else 0) / mb, 1)
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.info:
+            out["stage_info"] = dict(self.info)
         return out
 
 
 def format_profile(name: str, summary: dict) -> str:
     """One human-readable line per case."""
-    parts = [f"{k} {summary[k]:.2f}s" for k in CaseProfile.STAGES if k in summary]
+    skip = {"total", "peak_rss_mb", "max_rss_lifetime_mb", "cuda_max_allocated_mb", "cuda_peak_used_mb"}
+    parts = [f"{k} {v:.2f}s" for k, v in summary.items() if k not in skip and isinstance(v, float)]
     mem = f"peak RSS {summary['peak_rss_mb']:.0f} MB"
     if "cuda_max_allocated_mb" in summary:
         mem += (f", CUDA max allocated {summary['cuda_max_allocated_mb']:.0f} MB, "
                 f"device peak used {summary['cuda_peak_used_mb']:.0f} MB")
+    for stage, info in summary.get("stage_info", {}).items():
+        if "rounds" in info:
+            parts.append(f"{stage} rounds {info['rounds']} ({', '.join(f'{t:.2f}' for t in info['seconds_per_round'])}s)")
     return f"{name}: " + ", ".join(parts) + f" | total {summary['total']:.2f}s | {mem}"

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from autoseg.plans import STAGES, num_outputs, validate_plans
+from autoseg.plans import STAGES, num_outputs, stage_in_channels, validate_plans
 from autoseg.provenance import checkpoint_provenance
 from autoseg.utils import atomic_path
 
@@ -47,8 +47,10 @@ def write_random_checkpoints(plans: dict, results_dir: str | os.PathLike, stages
     out: dict[str, list[Path]] = {}
     for stage in stages or list(plans["stages"]):
         for fold in folds:
-            torch.manual_seed(seed + 1000 * fold + STAGES.index(stage))
-            net = build_network(plans["stages"][stage]["network"], 1, num_outputs(plans, stage))
+            rank = STAGES.index(stage) if stage in STAGES else len(STAGES) + list(plans["stages"]).index(stage)
+            torch.manual_seed(seed + 1000 * fold + rank)
+            net = build_network(plans["stages"][stage]["network"], stage_in_channels(plans, stage),
+                                num_outputs(plans, stage))
             path = Path(results_dir) / plans["dataset_name"] / stage / trainer / f"fold_{fold}" / name
             ckpt = {"network_weights": net.state_dict(), "plans": plans, "stage": stage,
                     "trainer_name": trainer, "epoch": 0, "provenance": checkpoint_provenance(plans, stage)}

@@ -13,8 +13,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default ExperimentPlanner; with existing plans, one that differs needs --overwrite-plans)")
     parser.add_argument("--planner-path", action="append", default=None, metavar="DIR",
                         help="extra folder with planner classes (repeatable; also AUTOSEG_PLANNER_PATH)")
-    parser.add_argument("--stages", nargs="+", choices=["roi", "organ", "tumour"], default=None,
-                        help="plan/preprocess only these stages (default: all the dataset needs)")
+    parser.add_argument("--stages", nargs="+", default=None,
+                        help="plan/preprocess only these stages, e.g. roi organ tumour (default: all the dataset needs)")
+    parser.add_argument("-p", "--plans-name", default=None, dest="plans_name", metavar="NAME",
+                        help="keep these plans apart as plans_NAME.json (caches in plans_NAME/; default: plans.json)")
     parser.add_argument("--target-spacing", nargs=3, type=float, default=None, metavar=("Z", "Y", "X"),
                         help="organ-stage spacing in mm, overriding the planner's choice")
     parser.add_argument("--gpu-memory-gb", type=float, default=8.0,
@@ -38,6 +40,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                               num_workers=args.num_workers, raw=args.raw, preprocessed=args.preprocessed,
                               verify=not args.no_verify, plans_file=args.plans, progress=not args.no_progress,
                               overwrite_plans=args.overwrite_plans, planner_path=args.planner_path,
-                              num_parts=args.num_parts, part_id=args.part_id)
+                              num_parts=args.num_parts, part_id=args.part_id,
+                              plans_name=args.plans_name)
     print(f"preprocessed data in {out}")
     return 0

@@ -44,6 +44,13 @@ class ExperimentPlanner:
     memory_reserve_gb = 0.5             # CUDA context and fragmentation left outside the estimate
     deep_supervision = True
     amp = True
+    # iterative saliency refinement (RSTN-like) for small organs of a multi-organ stage
+    refine_small_organs = True
+    refine_max_volume_mm3 = 30_000.0    # median volume below which an organ counts as small (30 ml)
+    refine_organ_names = ("pancreas",)  # small for a coarse grid whatever its volume: thin and lobulated
+    refine_min_organs = 3               # a stage with fewer organs gives a small one enough capacity
+    refine_max_stages = 1               # each refinement stage costs rounds x a stage's inference
+    refine_rounds = 5
 
     def __init__(self, fingerprint: dict, gpu_memory_gb: float = 8.0,
                  target_spacing: list[float] | None = None, stages: list[str] | None = None):
@@ -201,8 +208,9 @@ class ExperimentPlanner:
         return [max(1, int(round(e / s))) for e, s in zip(med, spacing)]
 
     def network(self, stage: str, spacing: list[float], patch: list[int]) -> tuple[dict, list[int]]:
-        return get_topology(spacing, patch, self.features_start[stage], self.max_features,
-                            self.max_stages[stage], self.min_feature_map)
+        kind = stage if stage in self.features_start else "tumour"  # refinement: small fine crops, like tumours
+        return get_topology(spacing, patch, self.features_start[kind], self.max_features,
+                            self.max_stages[kind], self.min_feature_map)
 
     def estimate_bytes(self, stage: str, net: dict, patch: list[int], batch: int) -> int:
         return estimate_training_bytes(net, patch, batch, 1, self.num_classes(stage),
@@ -215,7 +223,7 @@ class ExperimentPlanner:
         if stage == "roi":
             return [min(m, c) for m, c in zip(median, self.roi_max_patch)]
         aspect = [1.0 / s for s in spacing]
-        scale = (self.initial_patch_voxels[stage] / math.prod(aspect)) ** (1 / 3)
+        scale = (self.initial_patch_voxels.get(stage, self.initial_patch_voxels["tumour"]) / math.prod(aspect)) ** (1 / 3)
         return [max(1, min(int(round(a * scale)), m)) for a, m in zip(aspect, median)]
 
     def fit_patch(self, stage: str, spacing: list[float], median: list[int]) -> tuple[list[int], dict]:
@@ -275,18 +283,20 @@ class ExperimentPlanner:
         stages, why_stages = self.choose_stages()
         organ_sp, why_organ = self.organ_spacing()
         out: dict[str, dict] = {}
-        roi_margin = None
+        roi_margin, why_roi_margin = None, ""
         if "roi" in stages:
             sp, why_sp = self.roi_spacing(organ_sp)
-            roi_margin, why_m = self.roi_margin_mm(sp)
+            roi_margin, why_roi_margin = self.roi_margin_mm(sp)
             med = self.median_shape("roi", sp, None, lambda c: c.get("body_bbox"))
-            out["roi"] = self.plan_stage("roi", sp, med, {"target_spacing": why_sp, "crop_margin_mm": why_m})
-            out["roi"].update(crop_margin_mm=roi_margin, input="whole")
+            out["roi"] = self.plan_stage("roi", sp, med, {"target_spacing": why_sp})
+            out["roi"]["input"] = {"crop": "body"}
         if "organ" in stages:
             box = (lambda c: c.get("fg_bbox")) if roi_margin else (lambda c: c.get("body_bbox"))
             med = self.median_shape("organ", organ_sp, roi_margin, box)
             out["organ"] = self.plan_stage("organ", organ_sp, med, {"target_spacing": why_organ})
-            out["organ"]["input"] = "roi_crop" if roi_margin else "whole"
+            out["organ"]["input"] = {"crop": "roi", "margin_mm": roi_margin} if roi_margin else {"crop": "body"}
+            out["organ"]["why"]["input"] = (f"the roi stage's foreground box plus a margin: {why_roi_margin}"
+                                            if roi_margin else "the body-cropped volume (no roi stage)")
             if self.tumour_labels and self.organ_labels():
                 out["organ"]["tumour_voxels_as_host"] = True
                 out["organ"]["why"]["tumour_voxels_as_host"] = ("tumour voxels are trained as their host organ, "
@@ -298,10 +308,56 @@ class ExperimentPlanner:
             margin, why_m = self.tumour_margin_mm(host, organ_sp)
             med = self.median_shape("tumour", sp, margin,
                                     lambda c: _union([c.get("label_bbox", {}).get(str(h)) for h in host]))
-            out["tumour"] = self.plan_stage("tumour", sp, med, {"target_spacing": why_sp, "crop_margin_mm": why_m,
-                                                                "host_organs": why_host})
-            out["tumour"].update(crop_margin_mm=margin, host_organs=host, input="organ_crop")
+            out["tumour"] = self.plan_stage("tumour", sp, med, {"target_spacing": why_sp,
+                                                                "input": f"host organs: {why_host}; margin: {why_m}"})
+            src = "organ" if "organ" in out else "body"
+            out["tumour"]["input"] = {"crop": src, "labels": host, "margin_mm": margin} if src != "body" \
+                else {"crop": "body"}
+        if "organ" in out:
+            out.update(self.plan_refinement(organ_sp, out["organ"]))
         return self.assemble(out, why_stages)
+
+    def small_organs(self, organ_classes: list[int]) -> tuple[list[int], str]:
+        """Organs to refine (pancreas by name first, then the smallest by median volume) and why."""
+        names = {v: k for k, v in self.labels.items()}
+        vols = {v: float(self.ds.get("labels", {}).get(str(v), {}).get("volume_mm3_median", 0.0)) for v in organ_classes}
+        named = [v for v in organ_classes if any(n in names[v].lower() for n in self.refine_organ_names)]
+        small = sorted((v for v in organ_classes if 0 < vols[v] < self.refine_max_volume_mm3 and v not in named),
+                       key=lambda v: vols[v])
+        chosen = (named + small)[: self.refine_max_stages]
+        why = (f"organs named {list(self.refine_organ_names)} or with a median volume below refine_max_volume_mm3 "
+               f"{self.refine_max_volume_mm3:g} mm3 (median volumes: "
+               f"{ {names[v]: round(vols[v]) for v in organ_classes} }), at most refine_max_stages "
+               f"{self.refine_max_stages}")
+        return chosen, why
+
+    def plan_refinement(self, organ_sp: list[float], organ: dict) -> dict:
+        """One refinement stage per small organ: CT crop around the organ stage's prediction of it plus
+        that prediction as a saliency channel, iterated until two rounds agree (RSTN)."""
+        classes = organ["classes"] if isinstance(organ["classes"], list) else []
+        if not self.refine_small_organs or len(classes) < self.refine_min_organs:
+            return {}
+        chosen, why = self.small_organs(classes)
+        med_sp = [float(v) for v in self.ds["spacing_median"]]
+        out = {}
+        for v in chosen:
+            name = "refine_" + "".join(ch if ch.isalnum() else "_" for ch in self.label_name(v).lower())
+            sp = [max(m, o / 1.6) for m, o in zip(med_sp, organ_sp)]
+            margin = _r([3 * o for o in organ_sp], 1)
+            med = self.median_shape(name, sp, margin, lambda c, v=v: c.get("label_bbox", {}).get(str(v)))
+            st = self.plan_stage(name, sp, med, {
+                "target_spacing": "1.6x finer than the organ stage, not finer than the median data spacing",
+                "input": f"small organ: {why}; crop: the organ stage's prediction of it plus 3 organ-stage voxels "
+                         "(its boundary error); saliency: that prediction",
+                "refine": f"iterate until two rounds agree (DSC >= 0.99) or {self.refine_rounds} rounds (RSTN)"})
+            st.update(classes=[v], input={"crop": "organ", "labels": [v], "margin_mm": margin,
+                                          "saliency": {"stage": "organ", "classes": [v]}},
+                      refine={"max_rounds": self.refine_rounds, "stop_dsc": 0.99})
+            out[name] = st
+        return out
+
+    def label_name(self, value: int) -> str:
+        return next((k for k, v in self.labels.items() if v == value), f"label_{value}")
 
     def assemble(self, stages: dict, why_stages: str) -> dict:
         tr, why_tr = self.transpose()

@@ -12,7 +12,7 @@ from autoseg import AutosegError
 from autoseg.datasets import RawDataset, check_integrity
 from autoseg.fingerprint import compute_fingerprint
 from autoseg.paths import find_dataset_folder, preprocessed_root, raw_root
-from autoseg.plans import STAGES, load_plans, save_plans
+from autoseg.plans import load_plans, plans_file_name, plans_subdir, save_plans
 from autoseg.preprocessing.preprocessor import preprocess_dataset
 from autoseg.utils import atomic_path, shard
 from autoseg.planners.registry import find_planner
@@ -41,9 +41,9 @@ def _check_kept_plans(dest: Path, plans: dict, planner: str | None, stages: list
 
 def _resolve_plans(ds: RawDataset, fp: dict, out: Path, planner: str | None, stages: list[str] | None,
                    target_spacing: list[float] | None, gpu_memory_gb: float, plans_file: str | None,
-                   overwrite_plans: bool, planner_path: list[str] | str | None) -> dict:
-    """A given plans file, else an existing (maybe hand-edited) plans.json, else fresh plans."""
-    dest = out / "plans.json"
+                   overwrite_plans: bool, planner_path: list[str] | str | None, plans_name: str | None = None) -> dict:
+    """A given plans file, else an existing (maybe hand-edited) plans file, else fresh plans."""
+    dest = out / plans_file_name(plans_name)
     if plans_file:
         plans = load_plans(plans_file)
         if plans["dataset_name"] != ds.name:
@@ -72,17 +72,16 @@ def plan_and_preprocess(task: str | int, planner: str | None = None, stages: lis
                         num_workers: int = 2, raw: str | os.PathLike | None = None,
                         preprocessed: str | os.PathLike | None = None, verify: bool = True,
                         plans_file: str | None = None, progress: bool = True, overwrite_plans: bool = False,
-                        planner_path: list[str] | str | None = None, num_parts: int = 1, part_id: int = 0) -> Path:
+                        planner_path: list[str] | str | None = None, num_parts: int = 1, part_id: int = 0,
+                        plans_name: str | None = None) -> Path:
     """Check, fingerprint, plan and preprocess dataset ``task``; returns its preprocessed folder.
 
     ``planner`` defaults to ``DEFAULT_PLANNER``. An existing plans.json is kept unless
     ``overwrite_plans``; a ``planner``, ``target_spacing`` or ``stages`` it does not match is an error.
     ``num_parts``/``part_id``: preprocess only that shard of the cases (the fingerprint and plans, cached
-    and deterministic, are the whole dataset's: every part computes or reuses the same)."""
-    if stages:
-        unknown = [s for s in stages if s not in STAGES]
-        if unknown:
-            raise AutosegError(f"--stages: unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+    and deterministic, are the whole dataset's: every part computes or reuses the same).
+    ``plans_name`` (as nnU-Net's -p): plans in ``plans_NAME.json``, caches in ``plans_NAME/``."""
+    plans_file_name(plans_name)  # a bad name fails before any work
     ds = RawDataset.load(find_dataset_folder(task, raw_root(raw)))
     out = preprocessed_root(preprocessed) / ds.name
     out.mkdir(parents=True, exist_ok=True)
@@ -96,11 +95,14 @@ def plan_and_preprocess(task: str | int, planner: str | None = None, stages: lis
     fp = compute_fingerprint(ds, out / "dataset_fingerprint.json", num_workers, progress)
     t2 = time.perf_counter()
     plans = _resolve_plans(ds, fp, out, planner, stages, target_spacing, gpu_memory_gb, plans_file,
-                           overwrite_plans, planner_path)
+                           overwrite_plans, planner_path, plans_name)
     t3 = time.perf_counter()
+    unknown = [s for s in stages or [] if s not in plans["stages"]]
+    if unknown:
+        raise AutosegError(f"--stages: stage(s) {unknown} not in the plans (stages: {', '.join(plans['stages'])})")
     todo = [s for s in plans["stages"] if not stages or s in stages]
     part = dataclasses.replace(ds, cases=shard(ds.cases, num_parts, part_id, key=lambda c: c.case_id))
-    preprocess_dataset(part, plans, out, todo, num_workers, progress)
+    preprocess_dataset(part, plans, out / plans_subdir(plans_name), todo, num_workers, progress)
     t4 = time.perf_counter()
     src, dst = ds.folder / "dataset.json", out / "dataset.json"
     if not dst.exists() or dst.read_bytes() != src.read_bytes():  # label names travel with the cache

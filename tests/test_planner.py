@@ -84,14 +84,15 @@ def test_isotropic_ct_with_tumour(budget):
     roi = _check_stage(plans, "roi", budget)
     tum = _check_stage(plans, "tumour", budget)
     assert organ["target_spacing"] == [2.5, 1.6, 1.6]  # the floor for fast inference
-    assert organ["classes"] == [1, 2, 3] and organ["input"] == "roi_crop"
+    assert organ["classes"] == [1, 2, 3] and organ["input"]["crop"] == "roi"
     assert all(r >= o for r, o in zip(roi["target_spacing"], organ["target_spacing"]))
     assert all(p <= 128 for p in roi["patch_size"]) and roi["network"]["features"][0] == 16
     # small tumours: finer than the organ stage, but never finer than the data
     assert all(0.8 <= t <= o for t, o in zip(tum["target_spacing"], organ["target_spacing"]))
     assert tum["target_spacing"][1] < organ["target_spacing"][1]
-    assert tum["host_organs"] == [1] and tum["classes"] == [7] and tum["input"] == "organ_crop"
-    assert all(m > 0 for m in tum["crop_margin_mm"]) and all(m > 0 for m in roi["crop_margin_mm"])
+    assert tum["input"]["labels"] == [1] and tum["classes"] == [7] and tum["input"]["crop"] == "organ"
+    assert all(m > 0 for m in tum["input"]["margin_mm"]) and all(m > 0 for m in organ["input"]["margin_mm"])
+    assert roi["input"] == {"crop": "body"}
     assert "why" in organ and "target_spacing" in organ["why"]
 
 
@@ -144,7 +145,7 @@ def test_one_organ_without_tumour_skips_roi_and_tumour():
     fp = synthetic_fingerprint(labels={"background": 0, "liver": 1})
     plans = ExperimentPlanner(fp).plan()
     assert list(plans["stages"]) == ["organ"]
-    assert plans["stages"]["organ"]["input"] == "whole"
+    assert plans["stages"]["organ"]["input"] == {"crop": "body"}
     assert "single organ" in plans["why"]["stages"] and "no tumour" in plans["why"]["stages"]
 
 
@@ -152,7 +153,7 @@ def test_one_organ_with_tumour():
     fp = synthetic_fingerprint(labels={"background": 0, "liver": 1, "lesion": 2}, tumour_labels=(2,))
     plans = ExperimentPlanner(fp).plan()
     assert list(plans["stages"]) == ["organ", "tumour"]
-    assert plans["stages"]["tumour"]["host_organs"] == [1]
+    assert plans["stages"]["tumour"]["input"]["labels"] == [1]
 
 
 def test_overrides_target_spacing_and_stages():
@@ -160,7 +161,7 @@ def test_overrides_target_spacing_and_stages():
     plans = ExperimentPlanner(fp, target_spacing=[3.0, 1.2, 1.2], stages=["organ", "tumour"]).plan()
     assert list(plans["stages"]) == ["organ", "tumour"]
     assert plans["stages"]["organ"]["target_spacing"] == [3.0, 1.2, 1.2]
-    assert plans["stages"]["organ"]["input"] == "whole"
+    assert plans["stages"]["organ"]["input"] == {"crop": "body"}
     with pytest.raises(AutosegError, match="stages"):
         ExperimentPlanner(synthetic_fingerprint(), stages=["tumour"]).plan()
     with pytest.raises(AutosegError, match="unknown stage"):
@@ -194,3 +195,22 @@ def test_find_planner_registry(tmp_path, monkeypatch):
     assert find_planner("FinePlanner").__name__ == "FinePlanner"
     with pytest.raises(AutosegError, match="known: .*ExperimentPlanner"):
         find_planner("NoSuchPlanner")
+
+
+def test_refinement_planned_for_pancreas_and_small_organs():
+    labels = {**ORGANS, "pancreas": 4}
+    fp = synthetic_fingerprint(labels=labels)
+    plans = validate_plans(ExperimentPlanner(fp).plan())
+    ref = plans["stages"]["refine_pancreas"]
+    assert list(plans["stages"])[-1] == "refine_pancreas" and ref["classes"] == [4]
+    assert ref["input"]["crop"] == "organ" and ref["input"]["saliency"] == {"stage": "organ", "classes": [4]}
+    assert ref["refine"]["max_rounds"] >= 2 and "30000 mm3" in ref["why"]["input"]
+    # a small organ by median volume (threshold recorded in why), capped by refine_max_stages
+    fp["dataset"]["labels"] = {"3": {"volume_mm3_median": 8000.0}, "1": {"volume_mm3_median": 1.5e6}}
+
+    class Two(ExperimentPlanner):
+        refine_max_stages = 2
+
+    plans = validate_plans(Two(fp).plan())
+    assert [s for s in plans["stages"] if s.startswith("refine_")] == ["refine_pancreas", "refine_kidney"]
+    assert "refine_pancreas" not in ExperimentPlanner(synthetic_fingerprint()).plan()["stages"]

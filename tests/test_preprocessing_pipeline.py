@@ -100,7 +100,7 @@ def test_plan_and_preprocess_writes_contract_outputs(tiny):
     # the tumour crop is around the liver (host), so it is smaller than the organ crop
     _, _, m_org = load_case(out, "organ", "case_000")
     _, seg_t, m_tum = load_case(out, "tumour", "case_000")
-    assert plans["stages"]["tumour"]["host_organs"] == [1]
+    assert plans["stages"]["tumour"]["input"]["labels"] == [1]
     assert (seg_t == 1).any()
     size = lambda b: np.prod([hi - lo for lo, hi in b])  # noqa: E731
     assert size(m_tum["crop_bbox"]) <= size(m_org["crop_bbox"])
@@ -134,7 +134,7 @@ def test_hand_edited_plans_are_respected_and_invalidate_cache(tiny):
     raw, pre = tiny
     out = plan_and_preprocess(990, raw=raw, preprocessed=pre, num_workers=1, progress=False, stages=["organ"])
     plans = json.loads((out / "plans.json").read_text())
-    assert list(plans["stages"]) == ["organ"] and plans["stages"]["organ"]["input"] == "whole"
+    assert list(plans["stages"]) == ["organ"] and plans["stages"]["organ"]["input"] == {"crop": "body"}
     plans["stages"]["organ"]["target_spacing"] = [5.0, 2.0, 2.0]
     (out / "plans.json").write_text(json.dumps(plans))
     plan_and_preprocess(990, raw=raw, preprocessed=pre, num_workers=1, progress=False)

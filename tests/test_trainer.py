@@ -300,3 +300,22 @@ def test_stage_grid_geometry_places_the_crop():
     g = stage_grid_geometry(props, (40, 40, 30), [3.0, 1.0, 1.0])
     # origin is ITK (x, y, z): x 10 + 20 * 0.5 + (1.0 - 0.5) / 2, y 20 + 10 * 0.5 + 0.25, z 30 + 5 * 3 + 0
     assert g.origin == pytest.approx((20.25, 25.25, 45.0)) and g.spacing == (3.0, 1.0, 1.0)
+
+
+def test_build_network_outside_the_registry_is_refused(cache, tmp_path):
+    """One construction path: a network the plans do not name would train, then fail at inference."""
+    from torch import nn
+
+    from autoseg.networks import UNet
+
+    class Sneaky(UNet):
+        def decoder_stage(self, level: int) -> nn.Module:
+            f = self.cfg.features[level]
+            return nn.Sequential(nn.Conv3d(2 * f, f, 1))
+
+    class TrainerSneaky(Trainer):
+        def build_network(self) -> nn.Module:
+            return Sneaky.from_config(self.stage_plans["network"], 1, self.num_classes, True)
+
+    with pytest.raises(AutosegError, match="network_config"):
+        make(TrainerSneaky, cache, tmp_path / "out").initialize()

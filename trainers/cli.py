@@ -7,7 +7,7 @@ from autoseg.trainers.run import run_training
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("stage", metavar="STAGE", help="stage to train: roi, organ or tumour")
+    parser.add_argument("stage", metavar="STAGE", help="stage to train, as named in the plans (default planner: roi, organ, tumour)")
     parser.add_argument("trainer", metavar="TRAINER", help="trainer class name, e.g. Trainer, TrainerShort")
     parser.add_argument("task", metavar="ID", help="dataset id (501) or name (Dataset501_Name)")
     parser.add_argument("fold", metavar="FOLD", help="cross-validation fold 0-4, or 'all'")
@@ -21,6 +21,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="initialise from a checkpoint's matching tensors (skipped ones are reported)")
     parser.add_argument("--trainer-path", metavar="DIR", default=None, dest="trainer_path",
                         help="folder(s) with user trainer files (also AUTOSEG_TRAINER_PATH)")
+    parser.add_argument("-p", "--plans-name", default=None, dest="plans_name", metavar="NAME",
+                        help="train on plans_NAME.json (default: plans.json); results go to <dataset>/plans_NAME/")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (opt-in)")
     parser.add_argument("-nw", "--num-workers", type=int, default=None, dest="num_workers",
                         help="data augmentation worker processes per GPU/process (0: in-process)")
@@ -37,6 +39,6 @@ def run_from_args(args: argparse.Namespace) -> int:
                           continue_training=args.continue_training, pretrained=args.pretrained,
                           trainer_path=args.trainer_path, num_workers=args.num_workers, compile=args.compile,
                           preprocessed=getattr(args, "preprocessed", None),
-                          results=getattr(args, "results", None), amp=args.amp)
+                          results=getattr(args, "results", None), amp=args.amp, plans_name=args.plans_name)
     print(f"results: {folder}")
     return 0

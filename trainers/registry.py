@@ -6,7 +6,9 @@ or registers a network: scripts and notes are never executed. A file that fails 
 with a warning naming it, unless it defines the trainer asked for, which is then a clear error. The
 folder is put on ``sys.path`` first so files may import their neighbours, and each ``Trainer``
 subclass *defined* in a file is registered under its class name. A name defined in two places is
-refused, naming both files, rather than silently picking one.
+refused, naming both files, rather than silently picking one. The same files extend the network
+registry (``autoseg.networks``): a network defined beside a trainer is found at training and at
+inference alike.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from autoseg import AutosegError
 log = logging.getLogger(__name__)
 ENV_VAR = "AUTOSEG_TRAINER_PATH"
 _loaded_files: dict[tuple[str, float], ModuleType] = {}
+_given_folders: list[str] = []  # --trainer-path folders seen in this process: network lookups reuse them
 
 
 def trainer_folders(extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
@@ -36,6 +39,7 @@ def trainer_folders(extra: Iterable[str | os.PathLike] | str | os.PathLike | Non
     if extra is not None:
         for e in [extra] if isinstance(extra, (str, os.PathLike)) else extra:
             items += str(e).split(os.pathsep)
+        _given_folders.extend(i for i in items if i.strip() and i not in _given_folders)
     items += os.environ.get(ENV_VAR, "").split(os.pathsep)
     out: list[Path] = []
     for item in items:
@@ -74,6 +78,9 @@ def _import_file(path: Path) -> ModuleType:
         sys.modules.pop(name, None)
         raise AutosegError(f"{path}: cannot import trainer file ({type(e).__name__}: {e})") from e
     _loaded_files[key] = module
+    from autoseg.networks.registry import register_module_networks
+
+    register_module_networks(module)
     return module
 
 
@@ -114,6 +121,14 @@ def _folder_modules(folder: Path, wanted: str | None) -> list[tuple[Path, Module
                 raise
             log.warning("%s skipped: %s", path, str(e).split(": ", 1)[-1])
     return out
+
+
+def load_user_modules(extra: Iterable[str | os.PathLike] | str | os.PathLike | None = None) -> list[ModuleType]:
+    """Import the trainer/network files on the trainer path (``extra``, folders given earlier in this
+    process, then AUTOSEG_TRAINER_PATH): their trainers become findable and their networks buildable."""
+    given = [] if extra is None else [extra] if isinstance(extra, (str, os.PathLike)) else list(extra)
+    folders = trainer_folders([*given, *(f for f in _given_folders if Path(f).expanduser().is_dir())])
+    return [module for folder in folders for _, module in _folder_modules(folder, None)]
 
 
 def _package_modules() -> list[ModuleType]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Iterator
 
 from autoseg import AutosegError
 from autoseg.paths import find_dataset_folder, preprocessed_root, results_root
-from autoseg.plans import load_plans
+from autoseg.plans import load_plans, plans_file_name, plans_subdir
+from autoseg.utils import atomic_path
 from autoseg.trainers import distributed as ddp
 from autoseg.trainers.registry import find_trainer
 from autoseg.trainers.splits import parse_fold
@@ -44,14 +46,21 @@ def run_training(stage: str, trainer: str, task: str | int, fold: str | int, epo
                  pretrained: str | os.PathLike | None = None, trainer_path: str | os.PathLike | None = None,
                  num_workers: int | None = None, compile: bool = False,
                  preprocessed: str | os.PathLike | None = None, results: str | os.PathLike | None = None,
-                 amp: bool | None = None) -> Path:
-    """Train one stage/fold with the named trainer class; returns the fold's results folder."""
+                 amp: bool | None = None, plans_name: str | None = None) -> Path:
+    """Train one stage/fold with the named trainer class; returns the fold's results folder.
+    ``plans_name``: train on ``plans_NAME.json`` (its caches and results live in ``plans_NAME/``)."""
     cls = find_trainer(trainer, trainer_path)  # first: a typo should not wait for the dataset lookup
     dataset_folder = find_dataset_folder(task, preprocessed_root(preprocessed))
-    plans = load_plans(dataset_folder / "plans.json")
+    plans_path = dataset_folder / plans_file_name(plans_name)
+    plans = load_plans(plans_path)
     if stage not in plans["stages"]:
-        raise AutosegError(f"{dataset_folder / 'plans.json'}: no stage '{stage}' "
-                           f"(planned stages: {', '.join(plans['stages'])})")
+        raise AutosegError(f"{plans_path}: no stage '{stage}' (planned stages: {', '.join(plans['stages'])})")
+    sub = plans_subdir(plans_name)
+    cache_folder = dataset_folder / sub
+    if sub and cache_folder.is_dir() and (dataset_folder / "splits.json").is_file() \
+            and not (cache_folder / "splits.json").is_file():
+        with atomic_path(cache_folder / "splits.json", ".json") as tmp:  # compare plans on the same folds
+            shutil.copyfile(dataset_folder / "splits.json", tmp)
     fold = parse_fold(fold)
     for name, value in (("--epochs", epochs), ("--iters-per-epoch", iters_per_epoch)):
         if value is not None and value < 1:
@@ -59,8 +68,8 @@ def run_training(stage: str, trainer: str, task: str | int, fold: str | int, epo
     dev = resolve_device(device)
     created = ddp.init_from_env(dev)
     try:
-        output = results_root(results) / plans["dataset_name"] / stage / cls.__name__ / f"fold_{fold}"
-        t = cls(plans, stage, fold, dataset_folder, dev, output, num_epochs=epochs,
+        output = results_root(results) / plans["dataset_name"] / sub / stage / cls.__name__ / f"fold_{fold}"
+        t = cls(plans, stage, fold, cache_folder, dev, output, num_epochs=epochs,
                 iters_per_epoch=iters_per_epoch, num_workers=num_workers, compile=compile, amp=amp,
                 pretrained=pretrained)
         with _sigterm_as_exit():

@@ -24,9 +24,9 @@ from autoseg import AutosegError
 from autoseg.augmentation import (AugmentationConfig, SpatialAugmenter, training_transforms,
                                   validation_transforms)
 from autoseg.losses import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights, pseudo_dice_counts
-from autoseg.networks import build_network, deep_supervision_scales
+from autoseg.networks import build_network, deep_supervision_scales, network_class
 from autoseg.paths import results_root
-from autoseg.plans import num_outputs, stage_classes
+from autoseg.plans import num_outputs, stage_classes, stage_in_channels, validate_network
 from autoseg.provenance import check_cache_plans, checkpoint_provenance
 from autoseg.utils import seed_everything
 from autoseg.trainers import distributed as ddp
@@ -34,6 +34,7 @@ from autoseg.devices import cpu_bf16_supported, resolve_device
 from autoseg.trainers.checkpoint import load_checkpoint, load_pretrained, rng_state, save_checkpoint, set_rng_state
 from autoseg.trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler, seed_process
 from autoseg.trainers.progress import TrainingLog
+from autoseg.trainers.saliency import with_saliency_perturbation
 from autoseg.trainers.schedule import PolyLR
 from autoseg.trainers.splits import fold_cases, load_or_create_splits, parse_fold
 
@@ -84,6 +85,7 @@ class Trainer:
         self.spacing = [float(s) for s in self.stage_plans["target_spacing"]]
         self.batch_size = ddp.split_batch(int(self.stage_plans["batch_size"]), self.world_size, self.rank)
         self.num_classes = num_outputs(plans, stage)
+        self.in_channels = stage_in_channels(plans, stage)
         self.class_values = stage_classes(plans, stage)
         self.output_folder = Path(output_folder) if output_folder is not None else (
             results_root() / plans["dataset_name"] / stage / type(self).__name__ / f"fold_{self.fold}")
@@ -116,8 +118,33 @@ class Trainer:
     def augmentation_config(self) -> AugmentationConfig:
         return AugmentationConfig()
 
+    def network_config(self) -> dict:
+        """The stage's network config (class name + arguments), by default the plans'. Override it to
+        train another registered network: the checkpoint's plans record what was built, so inference
+        builds the same through the same registry."""
+        return self.stage_plans["network"]
+
     def build_network(self) -> nn.Module:
-        return build_network(self.stage_plans["network"], 1, self.num_classes, self.deep_supervision)
+        return build_network(self.stage_plans["network"], self.in_channels, self.num_classes, self.deep_supervision)
+
+    def _adopt_network_config(self) -> None:
+        """Make the plans (hence every checkpoint) name the network ``network_config`` chose."""
+        cfg = self.network_config()
+        if cfg != self.stage_plans["network"]:
+            validate_network(cfg, f"{type(self).__name__}.network_config()", f"stages.{self.stage}.network")
+            stage = {**self.stage_plans, "network": cfg}
+            self.plans = {**self.plans, "stages": {**self.plans["stages"], self.stage: stage}}
+            self.stage_plans = stage
+
+    def _check_network_class(self) -> None:
+        """One construction path: the network must be the registered class the plans name, or the
+        predictor (which builds from the checkpoint's plans) would build something else."""
+        name = self.stage_plans["network"]["class"]
+        cls = network_class(name, f"stages.{self.stage}.network.class")
+        if type(self.network) is not cls:  # a subclass may change the layers: inference would not
+            raise AutosegError(f"{type(self).__name__}.build_network returned {type(self.network).__name__}, but "
+                               f"stages.{self.stage}.network.class is '{name}': inference builds from the plans, so "
+                               "override network_config() (and register the class) instead of build_network()")
 
     def build_base_loss(self) -> nn.Module:
         """The per-output loss (deep supervision wraps it)."""
@@ -140,7 +167,8 @@ class Trainer:
         return SpatialAugmenter(self.patch_size, self.augmentation_config(), self.spacing)
 
     def training_transforms(self) -> Any:
-        return training_transforms(self.patch_size, self.augmentation_config(), self.spacing)
+        return with_saliency_perturbation(training_transforms(self.patch_size, self.augmentation_config(), self.spacing),
+                                          self.plans, self.stage)
 
     def validation_transforms(self) -> Any:
         return validation_transforms()
@@ -184,7 +212,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
         self.setup_cases()
+        self._adopt_network_config()
         self.network = self.build_network().to(self.device)
+        self._check_network_class()
         self.memory_format = torch.channels_last_3d if self.use_channels_last() else torch.contiguous_format
         self.network = self.network.to(memory_format=self.memory_format)
         if self.pretrained:

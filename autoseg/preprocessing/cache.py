@@ -33,12 +33,12 @@ def case_paths(folder: str | os.PathLike, stage: str, case_id: str) -> tuple[Pat
 def stage_hash(plans: dict, stage: str) -> str:
     """Hash of every plans entry that changes this stage's arrays (not patch, batch or network)."""
     st = plans["stages"][stage]
-    relevant: dict[str, Any] = {k: st.get(k) for k in ("target_spacing", "classes", "input", "crop_margin_mm",
-                                                         "host_organs", "tumour_voxels_as_host")}
+    relevant: dict[str, Any] = {k: st.get(k) for k in ("target_spacing", "classes", "input", "tumour_voxels_as_host")}
     relevant.update(version=PREPROCESS_VERSION, intensity=plans["intensity"], labels=plans["labels"],
-                    tumour_labels=plans.get("tumour_labels"), transpose=plans.get("transpose", [0, 1, 2]),
-                    roi_margin=plans["stages"].get("roi", {}).get("crop_margin_mm"),
-                    has_roi="roi" in plans["stages"])
+                    tumour_labels=plans.get("tumour_labels"), transpose=plans.get("transpose", [0, 1, 2]))
+    src = (st.get("input") or {}).get("crop", "body")
+    if src in plans["stages"] and "labels" not in st["input"]:  # the crop follows the source's classes
+        relevant["source_classes"] = plans["stages"][src]["classes"]
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

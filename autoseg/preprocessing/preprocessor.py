@@ -1,9 +1,9 @@
 """Turn raw cases into each stage's training arrays: crop, resample, normalise, cache.
 
 A case is read once (zero-copy views of the SimpleITK buffers) and every stage is cut from it. Each
-stage crops like inference will: roi = the body, organ = the foreground box + the ROI margin, tumour
-= the host organs' box + the tumour margin (here from the ground truth, at test time from the
-previous stage's prediction). Resampling runs slab by slab on torch from the stored dtype, so a
+stage crops like inference will, as its plans ``input`` says (the body, or the box of a source stage's
+labels plus a margin: here from the ground truth, at test time from that stage's prediction); the
+stages are walked in the plans' dependency order. Resampling runs slab by slab on torch from the stored dtype, so a
 worker's peak memory stays near the case's own size.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from scipy.ndimage import binary_dilation, find_objects
 
 from autoseg.datasets import Case, RawDataset
 from autoseg.io import geometry_of, read_sitk
-from autoseg.plans import stage_classes
+from autoseg.plans import stage_classes, stage_order
+from autoseg.stage_graph import BODY, crop_labels, is_localiser, stage_input
 from autoseg.preprocessing.cache import case_paths, clean_temp_files, is_valid, stage_hash, write_case
 from autoseg.preprocessing.crop import (BBox, bbox_of_mask, bbox_with_margin, crop_array, crop_to_body, full_bbox,
                                         label_bboxes, union_bbox)
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 MAX_LOCATIONS = 1000
 _TUMOUR_MARK = 127  # temporary stage-local value of tumour voxels awaiting their host organ
-STAGE_ORDER = ("roi", "organ", "tumour")
 
 
 def _view(path: Path) -> tuple[sitk.Image, np.ndarray]:
@@ -59,19 +59,15 @@ def _union(boxes: dict[int, BBox], values) -> BBox | None:
 
 
 def stage_bbox(stage: str, plans: dict, spacing, shape, body: BBox, boxes: dict[int, BBox]) -> BBox:
-    """The crop of ``stage`` in original voxels, from ground-truth boxes (as inference does from predictions)."""
-    st = plans["stages"]
+    """The crop of ``stage`` in original voxels, from ground-truth boxes (as inference does from the source
+    stage's predictions): the box of its input's labels grown by its margin, or the body."""
+    si = stage_input(plans, stage)
+    if si.crop == BODY:
+        return body
     fg = _union(boxes, boxes.keys())
-    if stage == "roi":
-        return body
-    if stage == "organ":
-        if "roi" in st and st["organ"].get("input", "roi_crop") == "roi_crop" and fg is not None:
-            return bbox_with_margin(fg, spacing, st["roi"]["crop_margin_mm"], shape)
-        return body
-    host = _union(boxes, st["tumour"].get("host_organs", []))
-    if host is None:  # no host organ annotated: around the tumour itself, else all labels, else the body
-        host = _union(boxes, stage_classes(plans, "tumour")) or fg or body
-    return bbox_with_margin(host, spacing, st["tumour"].get("crop_margin_mm", [0, 0, 0]), shape)
+    # no source label annotated: around the stage's own classes, else all labels, else the body
+    box = _union(boxes, crop_labels(plans, stage)) or _union(boxes, stage_classes(plans, stage)) or fg or body
+    return bbox_with_margin(box, spacing, list(si.margin_mm), shape)
 
 
 def tumours_to_hosts(lab: np.ndarray, tumour_labels: list[int], organ_labels: list[int],
@@ -116,7 +112,7 @@ def stage_lut(plans: dict, stage: str, max_value: int, labelled: list[int] | Non
             if v <= max_value:
                 lut[v] = i + 1
     if labelled is not None:
-        wanted = [v for v in plans["labels"].values() if v != 0] if stage == "roi" else classes
+        wanted = [v for v in plans["labels"].values() if v != 0] if is_localiser(plans, stage) else classes
         if not set(wanted) <= set(labelled):
             lut[0] = -1  # background of a partially annotated case may hide an unannotated class
             if not set(wanted) & set(labelled):
@@ -152,6 +148,16 @@ def _resample_channels(imgs: list[np.ndarray], box: BBox, new_shape: list[int], 
     return chans[0] if len(chans) == 1 else np.concatenate(chans, axis=0)
 
 
+def _saliency_channels(lab: np.ndarray | None, box: BBox, classes, new_shape: list[int], aniso: bool,
+                       device: torch.device) -> np.ndarray:
+    """(C, Z, Y, X) float16 masks of ``classes`` resampled like the image (the trainer perturbs them)."""
+    if lab is None:
+        return np.zeros((len(classes), *new_shape), np.float16)
+    crop = crop_array(lab, box)
+    masks = torch.stack([torch.from_numpy(np.ascontiguousarray(crop == c)) for c in classes]).to(device, torch.float32)
+    return resample_image(masks, new_shape, aniso).clamp_(0, 1).to(torch.float16).cpu().numpy()
+
+
 def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], lab: np.ndarray | None,
                    geo, body: BBox, boxes: dict[int, BBox], folder: Path, device: torch.device) -> None:
     st = plans["stages"][stage]
@@ -161,6 +167,9 @@ def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], 
     new_shape = compute_new_shape(crop_shape, geo.spacing, target)
     aniso = needs_anisotropic(geo.spacing, target)
     data = _resample_channels(imgs, box, new_shape, aniso, plans["intensity"], device)
+    sal = stage_input(plans, stage).saliency_classes
+    if sal:  # a refinement stage: ground-truth masks of the saliency classes as extra channels
+        data = np.concatenate([data, _saliency_channels(lab, box, sal, new_shape, aniso, device)])
     n_cls = len(stage_classes(plans, stage))
     if lab is None:
         seg = np.full((1, *new_shape), -1, np.int8)
@@ -192,7 +201,7 @@ def preprocess_case(case: Case, plans: dict, folder: str | os.PathLike, stages: 
     Returns timing, the stages done and skipped, and this process's peak RSS."""
     t0 = time.perf_counter()
     folder = Path(folder)
-    stages = [s for s in STAGE_ORDER if s in plans["stages"] and (stages is None or s in stages)]
+    stages = [s for s in stage_order(plans) if stages is None or s in stages]
     todo = [s for s in stages if force or not is_valid(folder, s, case.case_id, stage_hash(plans, s))]
     if todo:
         views = [_view(p) for p in case.images]
@@ -241,7 +250,7 @@ def preprocess_dataset(ds: RawDataset, plans: dict, folder: str | os.PathLike, s
     """Preprocess every training case of ``ds`` with ``num_workers`` processes (spawned, one torch
     thread each), resuming where a previous run stopped."""
     folder = Path(folder)
-    planned = [s for s in STAGE_ORDER if s in plans["stages"] and (stages is None or s in stages)]
+    planned = [s for s in stage_order(plans) if stages is None or s in stages]
     removed = clean_temp_files(folder, planned, [c.case_id for c in ds.cases])
     if removed:
         log.info("removed %d temp file(s) left by an interrupted run", removed)

@@ -1,0 +1,52 @@
+"""Training input of a refinement stage: the saliency channels are ground-truth masks, degraded per
+sample the way a coarse model errs (grown or shrunk by a few voxels, shifted, now and then missing),
+so the network learns to correct a prediction rather than copy it; a share of samples keeps the clean
+mask (RSTN trains with ground-truth saliency early and predicted saliency later; we mix the two).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from autoseg.stage_graph import stage_in_channels, stage_input
+
+
+class SaliencyPerturbation:
+    """Batch transform (batchgenerators style) on ``data[:, first_channel:]``."""
+
+    def __init__(self, first_channel: int, p_clean: float = 0.25, max_radius: int = 3, max_shift: int = 4,
+                 p_drop: float = 0.05) -> None:
+        self.first, self.p_clean, self.max_radius = first_channel, p_clean, max_radius
+        self.max_shift, self.p_drop = max_shift, p_drop
+
+    def degrade(self, m: np.ndarray, rng: np.random.Generator | Any) -> np.ndarray:
+        if rng.uniform() < self.p_drop:
+            return np.zeros_like(m)
+        size = 2 * int(rng.integers(0, self.max_radius + 1)) + 1
+        if size > 1:
+            m = (ndimage.maximum_filter if rng.uniform() < 0.5 else ndimage.minimum_filter)(m, size=size)
+        shift = rng.integers(-self.max_shift, self.max_shift + 1, size=m.ndim)
+        return ndimage.shift(m, shift, order=0, mode="constant", cval=0.0) if shift.any() else m
+
+    def __call__(self, **batch: Any) -> dict:
+        data = batch["data"]
+        rng = np.random.default_rng(np.random.randint(0, 2 ** 31))  # the worker's seeded global stream
+        for b in range(data.shape[0]):
+            if rng.uniform() < self.p_clean:
+                continue
+            for c in range(self.first, data.shape[1]):
+                data[b, c] = self.degrade(data[b, c], rng)
+        return batch
+
+
+def with_saliency_perturbation(transforms: Any, plans: dict, stage: str) -> Any:
+    """``transforms`` with ``SaliencyPerturbation`` in front when ``stage`` reads saliency channels."""
+    n_sal = len(stage_input(plans, stage).saliency_classes)
+    if not n_sal:
+        return transforms
+    from batchgenerators.transforms.abstract_transforms import Compose
+
+    first = stage_in_channels(plans, stage) - n_sal
+    return Compose([SaliencyPerturbation(first), *getattr(transforms, "transforms", [transforms])])
