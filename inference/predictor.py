@@ -18,14 +18,15 @@ import torch
 
 from autoseg import AutosegError
 from autoseg.devices import cpu_bf16_supported, resolve_device
-from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with_margin, crop_to_body
+from autoseg.preprocessing.crop import BODY_THRESHOLD_HU, BBox, bbox_of_mask, bbox_shape, bbox_with_margin, crop_to_body
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
-from autoseg.utils import save_npz
+from autoseg.utils import clean_stale_temp_files, ensure_dir, save_npz
 from autoseg.inference.fused_resample import SlabArgmaxResampler
 from autoseg.inference.models import StageModel, find_stage_checkpoints, load_stage_model
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler
+from autoseg.inference.scope import has_body, warn_if_small
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
 
 log = logging.getLogger(__name__)
@@ -137,17 +138,20 @@ class CascadePredictor:
 
     # ------------------------------------------------------------------ array path
     def predict_array(self, image: np.ndarray, spacing: Sequence[float],
-                      profile: CaseProfile | None = None) -> np.ndarray:
+                      profile: CaseProfile | None = None, name: str = "image") -> np.ndarray:
         """Labels (z, y, x) of a CT array (z, y, x) in HU with spacing (z, y, x) in mm."""
-        return self.predict_array_full(image, spacing, profile)[0]
+        return self.predict_array_full(image, spacing, profile, name)[0]
 
     def predict_array_full(self, image: np.ndarray, spacing: Sequence[float],
-                           profile: CaseProfile | None = None) -> tuple[np.ndarray, dict]:
-        """Labels plus, with ``save_probabilities``, each stage's probabilities inside its crop."""
+                           profile: CaseProfile | None = None, name: str = "image") -> tuple[np.ndarray, dict]:
+        """Labels plus, with ``save_probabilities``, each stage's probabilities inside its crop.
+        ``name`` (the case) is what out-of-scope warnings name."""
         image = np.asarray(image)
         if image.ndim != 3:
             raise AutosegError(f"expected a 3D (z, y, x) image, got shape {image.shape}")
         spacing = [float(s) for s in spacing]
+        if not self._in_scope(image, spacing, name):
+            return np.zeros(image.shape, np.uint8 if self.label_dtype == torch.uint8 else np.int16), {}
         prof = profile or CaseProfile(self.device, enabled=False)
         probs: dict = {}
         with torch.inference_mode():
@@ -176,6 +180,16 @@ class CascadePredictor:
         for d in probs.values():
             d["bbox"] = _shift(d["bbox"], origin, 1)
         return labels, probs
+
+    def _in_scope(self, image: np.ndarray, spacing: list[float], name: str) -> bool:
+        """False (with a warning) for a CT with no body; a warning for images small for a patch."""
+        organ = self.stages["organ"]
+        if not has_body(image, organ.plans["intensity"]):
+            log.warning("%s: no body in the image (no voxel above %g HU): empty mask written", name,
+                        BODY_THRESHOLD_HU)
+            return False
+        warn_if_small(name, image.shape, spacing, "organ", organ.patch_size, organ.spacing)
+        return True
 
     def _work_region(self, box: BBox, spacing: list[float], shape: Sequence[int]) -> BBox:
         """What the organ and tumour stages can read: the organ box, grown by the tumour stage's margin
@@ -326,7 +340,7 @@ class CascadePredictor:
 
         arr, geom = read_image(path)
         check_volume(arr, Path(path))
-        labels, probs = self.predict_array_full(arr, geom.spacing, profile)
+        labels, probs = self.predict_array_full(arr, geom.spacing, profile, Path(path).name)
         write_image(labels, geom, output)
         if probs:
             _write_probabilities(probs, Path(output))
@@ -344,7 +358,9 @@ class CascadePredictor:
         out_dir = Path(output_dir)
         if Path(input_path).is_dir() and out_dir.resolve() == Path(input_path).resolve():
             raise AutosegError(f"{out_dir}: output folder must differ from the input folder")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out_dir)
+        for stale in clean_stale_temp_files(out_dir):
+            log.info("removed %s, left by an interrupted earlier run", stale.name)
         todo = [c for c in cases if not (continue_prediction and (out_dir / c.output_name).is_file())]
         if len(todo) < len(cases):
             log.info("--continue: %d of %d case(s) already predicted, skipped", len(cases) - len(todo), len(cases))
@@ -373,7 +389,7 @@ class CascadePredictor:
                 prof = CaseProfile(self.device, enabled=profile, sampler=sampler)
                 prof.add_time("read", read_s)
                 try:
-                    labels, probs = self.predict_array_full(arr, geom.spacing, prof)
+                    labels, probs = self.predict_array_full(arr, geom.spacing, prof, case.path.name)
                 except Exception as e:  # one bad case must not stop the others
                     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                     failures.append((case.path.name, f"prediction failed: {reason}"))
