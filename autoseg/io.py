@@ -142,6 +142,7 @@ def read_header(path: str | os.PathLike) -> Geometry:
     path = Path(path)
     if path.is_dir():
         return geometry_of(read_sitk(path))
+    check_readable(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -54,17 +54,22 @@ def os_error_message(e: OSError, path: str | os.PathLike | None = None) -> str:
     return f"{where}: {problem}"
 
 
-def ensure_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` (and parents) or fail with one line saying why (a file in the way, permissions)."""
+def ensure_dir(path: str | os.PathLike, writable: bool = False) -> Path:
+    """Create ``path`` (and parents) or fail with one line saying why (a file in the way, permissions).
+    ``writable``: also prove a file can be created there, before any work is done for it."""
     from autoseg import AutosegError
 
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise AutosegError(f"{path}: is a file, expected a folder")
     try:
+        if path.exists() and not path.is_dir():
+            raise AutosegError(f"{path}: is a file, expected a folder")
         path.mkdir(parents=True, exist_ok=True)
+        if writable:
+            fd, probe = tempfile.mkstemp(prefix=f".probe{_TMP_MARK}{_host_tag()}.{os.getpid()}.", dir=path)
+            os.close(fd)
+            os.unlink(probe)
     except OSError as e:
-        raise AutosegError(os_error_message(e)) from None
+        raise AutosegError(os_error_message(e, path if writable else None)) from None
     return path
 
 

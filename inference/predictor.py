@@ -358,7 +358,7 @@ class CascadePredictor:
         out_dir = Path(output_dir)
         if Path(input_path).is_dir() and out_dir.resolve() == Path(input_path).resolve():
             raise AutosegError(f"{out_dir}: output folder must differ from the input folder")
-        ensure_dir(out_dir)
+        ensure_dir(out_dir, writable=True)
         for stale in clean_stale_temp_files(out_dir):
             log.info("removed %s, left by an interrupted earlier run", stale.name)
         todo = [c for c in cases if not (continue_prediction and (out_dir / c.output_name).is_file())]

@@ -239,6 +239,11 @@ def test_output_path_that_is_a_file_or_in_an_unwritable_folder(open_tmp, capsys)
     assert rc == 1 and err == (f"autoseg run_inference: error: {locked / 'masks'}: permission denied "
                                "(not readable or writable by this user)")
     with _unprivileged():
+        rc = cli_main(["run_inference", "-i", str(inp), "-o", str(locked), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err == (f"autoseg run_inference: error: {locked}: permission denied "
+                               "(not readable or writable by this user)")
+    with _unprivileged():
         rc = cli_main(["evaluate", "-g", str(inp), "-p", str(inp), "-o", str(locked / "ev"), "-j", "1",
                        "--no-progress"])
     err = capsys.readouterr().err.strip()
