@@ -18,7 +18,7 @@ import torch
 
 from autoseg import AutosegError
 from autoseg.devices import cpu_bf16_supported, resolve_device
-from autoseg.preprocessing.crop import BODY_THRESHOLD_HU, BBox, bbox_of_mask, bbox_shape, bbox_with_margin, crop_to_body
+from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with_margin, crop_to_body
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
 from autoseg.utils import clean_stale_temp_files, ensure_dir, save_npz
@@ -26,7 +26,7 @@ from autoseg.inference.fused_resample import SlabArgmaxResampler
 from autoseg.inference.models import StageModel, find_stage_checkpoints, load_stage_model
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler
-from autoseg.inference.scope import has_body, warn_if_small
+from autoseg.inference.scope import in_scope
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class CascadePredictor:
         if image.ndim != 3:
             raise AutosegError(f"expected a 3D (z, y, x) image, got shape {image.shape}")
         spacing = [float(s) for s in spacing]
-        if not self._in_scope(image, spacing, name):
+        if not in_scope(image, spacing, name, self.stages["organ"]):
             return np.zeros(image.shape, np.uint8 if self.label_dtype == torch.uint8 else np.int16), {}
         prof = profile or CaseProfile(self.device, enabled=False)
         probs: dict = {}
@@ -180,16 +180,6 @@ class CascadePredictor:
         for d in probs.values():
             d["bbox"] = _shift(d["bbox"], origin, 1)
         return labels, probs
-
-    def _in_scope(self, image: np.ndarray, spacing: list[float], name: str) -> bool:
-        """False (with a warning) for a CT with no body; a warning for images small for a patch."""
-        organ = self.stages["organ"]
-        if not has_body(image, organ.plans["intensity"]):
-            log.warning("%s: no body in the image (no voxel above %g HU): empty mask written", name,
-                        BODY_THRESHOLD_HU)
-            return False
-        warn_if_small(name, image.shape, spacing, "organ", organ.patch_size, organ.spacing)
-        return True
 
     def _work_region(self, box: BBox, spacing: list[float], shape: Sequence[int]) -> BBox:
         """What the organ and tumour stages can read: the organ box, grown by the tumour stage's margin

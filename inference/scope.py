@@ -5,11 +5,14 @@ crop) is segmented but flagged, since most of what the network sees is then padd
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from autoseg.preprocessing.crop import BODY_THRESHOLD_HU
+
+if TYPE_CHECKING:
+    from autoseg.inference.models import StageModel
 
 log = logging.getLogger(__name__)
 MIN_PATCH_FRACTION = 0.5  # warn when the image spans less than this fraction of a patch along an axis
@@ -43,3 +46,13 @@ def warn_if_small(name: str, shape: Sequence[int], spacing: Sequence[float], sta
            "unreliable")
     log.warning(msg)
     return msg
+
+
+def in_scope(image: np.ndarray, spacing: Sequence[float], name: str, organ: "StageModel") -> bool:
+    """False (with a warning) for a CT with no body: its mask is empty. Warns for images small for the
+    organ model's patch, which are still segmented."""
+    if not has_body(image, organ.plans["intensity"]):
+        log.warning("%s: no body in the image (no voxel above %g HU): empty mask written", name, BODY_THRESHOLD_HU)
+        return False
+    warn_if_small(name, image.shape, spacing, "organ", organ.patch_size, organ.spacing)
+    return True
