@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except AutosegError as e:
         print(f"autoseg {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a file-system problem the command did not anticipate: still one line
+        from autoseg.utils import os_error_message
+
+        print(f"autoseg {args.command}: error: {os_error_message(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"autoseg {args.command}: interrupted", file=sys.stderr)
         return 130

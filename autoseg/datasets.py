@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from autoseg import AutosegError
+from autoseg.integrity import has_nonfinite
 from autoseg.io import Geometry, read_image, strip_suffix
 from autoseg.paths import find_dataset_folder, raw_root
 from autoseg.utils import load_json
@@ -139,18 +140,6 @@ def _load_v1(folder: Path, dj: dict) -> RawDataset:
     return ds
 
 
-def _has_nonfinite(path: Path, arr: np.ndarray) -> bool:
-    """NaN/inf check on the stored values: SimpleITK's NIfTI reader silently turns NaN into 0."""
-    if path.name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        img = nib.load(str(path))
-        if np.issubdtype(img.get_data_dtype(), np.floating):
-            return not np.isfinite(np.asanyarray(img.dataobj)).all()
-        return False
-    return not np.issubdtype(arr.dtype, np.integer) and not np.isfinite(arr).all()
-
-
 def check_case(ds: RawDataset, case: Case) -> list[str]:
     """Every problem of one case, each a line naming the file."""
     problems: list[str] = []
@@ -168,7 +157,7 @@ def check_case(ds: RawDataset, case: Case) -> list[str]:
         except AutosegError as e:
             problems.append(str(e))
             continue
-        if _has_nonfinite(img, arr):
+        if has_nonfinite(img, arr):
             problems.append(f"{img}: contains NaN or infinite intensities")
         if ref is None:
             ref = geo

@@ -14,7 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoseg import AutosegError
-from autoseg.utils import atomic_path
+from autoseg.integrity import check_dicom_series, check_file_complete
+from autoseg.utils import atomic_path, os_error_message
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -62,29 +63,70 @@ def geometry_of(img: sitk.Image) -> Geometry:
     return Geometry((sz, sy, sx), tuple(img.GetOrigin()), tuple(img.GetDirection()), (z, y, x))
 
 
-def dicom_series_files(folder: Path) -> tuple[str, ...]:
-    """The files of the folder's CT series in slice order (array index z is file z)."""
+def _dicom_series(folder: Path) -> dict[str, tuple[str, ...]]:
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
         raise AutosegError(f"{folder}: no DICOM series found in folder")
+    return {i: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in ids}
+
+
+def dicom_series_files(folder: Path, series: dict[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
+    """The files of the folder's CT series in slice order (array index z is file z)."""
     # The largest series is the CT; scouts and dose reports are small.
-    return max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), i) for i in ids), key=len)
+    return max((series or _dicom_series(folder)).values(), key=len)
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
+    series = _dicom_series(folder)
+    files = dicom_series_files(folder, series)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(dicom_series_files(folder))
-    return reader.Execute()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    img = reader.Execute()
+    listed = {f for names in series.values() for f in names}
+    check_dicom_series(folder, listed, _slice_positions(reader, img, len(files)))
+    return img
+
+
+def _slice_positions(reader: sitk.ImageSeriesReader, img: sitk.Image, n: int) -> list[float]:
+    """Each slice's position along the slice normal (mm), from its ImagePositionPatient."""
+    normal = np.asarray(img.GetDirection()).reshape(3, 3)[:, 2]
+    out = []
+    for i in range(n):
+        if not reader.HasMetaDataKey(i, "0020|0032"):
+            return []
+        try:
+            pos = [float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+        except ValueError:
+            return []
+        out.append(float(np.dot(pos, normal)))
+    return out
+
+
+def check_readable(path: Path) -> None:
+    """Tell "does not exist" from "cannot be read" (permissions): SimpleITK says the same for both."""
+    try:
+        if path.is_dir():
+            os.scandir(path).close()
+        else:
+            os.close(os.open(path, os.O_RDONLY))
+    except FileNotFoundError:
+        raise AutosegError(f"{path}: file not found") from None
+    except OSError as e:
+        raise AutosegError(os_error_message(e, path)) from None
 
 
 def read_sitk(path: str | os.PathLike) -> sitk.Image:
     path = Path(path)
-    if not path.exists():
-        raise AutosegError(f"{path}: file not found")
+    check_readable(path)
     try:
+        if not path.is_dir():
+            check_file_complete(path)
         img = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except AutosegError:
         raise
+    except OSError as e:
+        raise AutosegError(os_error_message(e, path)) from None
     except Exception as e:  # SimpleITK raises RuntimeError with a multi-line C++ trace
         lines = [ln.strip() for ln in str(e).strip().splitlines()]
         msg = next((ln.split("ERROR:", 1)[1].strip() for ln in lines if "ERROR:" in ln), lines[-1] if lines else "")
@@ -109,6 +151,7 @@ def read_header(path: str | os.PathLike) -> Geometry:
     path = Path(path)
     if path.is_dir():
         return geometry_of(read_sitk(path))
+    check_readable(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

@@ -5,8 +5,11 @@ file that a rerun would mistake for a complete one.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,25 +22,120 @@ T = TypeVar("T")
 
 # mkstemp makes 0600 files; finished files get the usual mode (masks written by a root container must
 # stay readable on the host). Read once here: os.umask cannot be queried without setting it.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+# Temp files are named .NAME.autoseg-tmp.HOST.PID.RANDOM so a later run can tell its own leftovers
+# (a killed writer's) from anything else, and never removes a file a live process is still writing.
+_TMP_MARK = ".autoseg-tmp."
+_TMP_RE = re.compile(r"^\..+\.autoseg-tmp\.(?P<host>[A-Za-z0-9-]*)\.(?P<pid>\d+)\.")
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40]
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (os.umask would race with writer threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def os_error_message(e: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line naming the path and the problem, in words a user acts on."""
+    where = path if path is not None else (e.filename if e.filename is not None else "")
+    problem = {errno.EACCES: "permission denied (not readable or writable by this user)",
+               errno.EPERM: "operation not permitted", errno.ENOENT: "does not exist",
+               errno.ENOTDIR: "a path component is a file, not a folder",
+               errno.EEXIST: "already exists and is not a folder", errno.EISDIR: "is a folder, not a file",
+               errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+               }.get(e.errno, e.strerror or type(e).__name__)
+    return f"{where}: {problem}"
+
+
+def ensure_dir(path: str | os.PathLike, writable: bool = False) -> Path:
+    """Create ``path`` (and parents) or fail with one line saying why (a file in the way, permissions).
+    ``writable``: also prove a file can be created there, before any work is done for it."""
+    from autoseg import AutosegError
+
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise AutosegError(f"{path}: is a file, expected a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        if writable:
+            fd, probe = tempfile.mkstemp(prefix=f".probe{_TMP_MARK}{_host_tag()}.{os.getpid()}.", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise AutosegError(os_error_message(e, path if writable else None)) from None
+    return path
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path in the destination folder; rename it onto ``path`` on success."""
+    """Yield a temporary path in the destination folder; rename it onto ``path`` on success.
+
+    The file gets the mode a plain ``open`` would give (0666 less the umask), not mkstemp's 0600, so
+    masks, checkpoints, plans and metrics are as readable to colleagues as the user's other files.
+    """
+    from autoseg import AutosegError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    ensure_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}{_host_tag()}.{os.getpid()}.",
+                                   suffix=suffix or ".tmp", dir=path.parent)
+    except OSError as e:
+        raise AutosegError(os_error_message(e, path.parent)) from None
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def clean_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove temp files that an earlier, killed autoseg process left in ``folder``: ours by name, from
+    this machine, and whose process is gone. Returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    host = _host_tag()
+    for p in folder.iterdir():
+        m = _TMP_RE.match(p.name)
+        if not m or m["host"] != host or not p.is_file() or _pid_alive(int(m["pid"])):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 def _json_default(obj: Any) -> Any:
@@ -67,6 +165,8 @@ def load_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise AutosegError(f"{path}: file not found") from None
+    except OSError as e:
+        raise AutosegError(os_error_message(e, path)) from None
     except json.JSONDecodeError as e:
         raise AutosegError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from autoseg.evaluation.folder import evaluate_folder, labels_from_dataset_json
@@ -34,4 +35,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     print(format_summary_table(summary))
     out = Path(args.out) if args.out else Path(args.pred)
     print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
-    return 0
+    for cid, reason in summary["failed"].items():
+        print(f"NOT SCORED {cid}: {reason}", file=sys.stderr)
+    return 1 if summary["failed"] else 0

@@ -101,9 +101,13 @@ def read_pair(gt_path: Path, pred_path: Path, align: bool) -> tuple[np.ndarray, 
     """GT and prediction arrays on the GT grid, with the GT spacing (z, y, x)."""
     import SimpleITK as sitk
 
+    from autoseg.integrity import has_nonfinite
     from autoseg.io import geometry_of, read_sitk
 
     gt_img, pred_img = read_sitk(gt_path), read_sitk(pred_path)
+    for path, img in ((gt_path, gt_img), (pred_path, pred_img)):
+        if has_nonfinite(path, sitk.GetArrayViewFromImage(img)):
+            raise AutosegError(f"{path}: contains NaN or infinite values; a label map holds whole numbers")
     geo = geometry_of(gt_img)
     if not geo.same_grid(geometry_of(pred_img)):
         if not align:

@@ -22,18 +22,6 @@ log = logging.getLogger(__name__)
 GATHER_TIMEOUT = timedelta(hours=72)
 
 
-def remove_stale_temp_files(out_dir: Path, output_names: Sequence[str]) -> int:
-    """Temp files (``.NAME.xxxx``) that a killed writer left for these outputs; other shards' are not touched
-    (their writers may be running)."""
-    names, n = set(output_names), 0
-    for p in out_dir.iterdir():  # one listing, not one per case: cohorts have many thousands
-        stem = p.name[1:]
-        if p.name.startswith(".") and any(stem[:i] in names for i, ch in enumerate(stem) if ch == "."):
-            p.unlink(missing_ok=True)
-            n += 1
-    return n
-
-
 @dataclass
 class Part:
     """Which shard this process predicts (``part_id`` of ``num_parts``), the scheduler part it belongs to

@@ -85,11 +85,24 @@ def list_cases(input_path: str | Path) -> tuple[list[CaseInput], list[tuple[str,
             skipped.append((entry.name, "extra input channel ignored: the models take one CT channel"))
             continue
         cases.append(case_for(entry))
+    if not cases:
+        raise AutosegError(_nothing_to_segment(p, skipped))
     names = [c.name for c in cases]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise AutosegError(f"{p}: several inputs map to the same case id(s): {', '.join(dup)}")
     return cases, skipped
+
+
+def _nothing_to_segment(folder: Path, skipped: list[tuple[str, str]]) -> str:
+    """What a folder without inputs holds, and what was expected instead."""
+    found = sorted(e.name for e in folder.iterdir() if not e.name.startswith("."))
+    what = (f"found {len(found)} entr{'y' if len(found) == 1 else 'ies'} ({', '.join(found[:5])}"
+            f"{', ...' if len(found) > 5 else ''})" if found else "the folder is empty")
+    if skipped:
+        what += f"; {len(skipped)} extra-channel file(s) but no CASE_0000 channel"
+    return (f"{folder}: no image to segment: {what}; expected CASE_0000{'/'.join(IMAGE_SUFFIXES)} files "
+            "or DICOM series folders")
 
 
 def check_volume(array: np.ndarray, path: Path) -> None:

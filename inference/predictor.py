@@ -22,13 +22,14 @@ from autoseg.devices import cpu_bf16_supported, resolve_device
 from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with_margin, crop_to_body
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
-from autoseg.utils import save_npz
+from autoseg.utils import clean_stale_temp_files, ensure_dir, save_npz
 from autoseg.inference.fused_resample import SlabArgmaxResampler
 from autoseg.inference.models import StageModel, find_stage_checkpoints, load_stage_model, resolve_dataset_dir
 from autoseg.provenance import check_stage_origins
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler
 from autoseg.inference.refinement import refine_stage
+from autoseg.inference.scope import in_scope
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
 from autoseg.stage_graph import BODY, crop_labels, dependencies, is_localiser, stage_input
 
@@ -160,17 +161,20 @@ class CascadePredictor:
 
     # ------------------------------------------------------------------ array path
     def predict_array(self, image: np.ndarray, spacing: Sequence[float],
-                      profile: CaseProfile | None = None) -> np.ndarray:
+                      profile: CaseProfile | None = None, name: str = "image") -> np.ndarray:
         """Labels (z, y, x) of a CT array (z, y, x) in HU with spacing (z, y, x) in mm."""
-        return self.predict_array_full(image, spacing, profile)[0]
+        return self.predict_array_full(image, spacing, profile, name)[0]
 
     def predict_array_full(self, image: np.ndarray, spacing: Sequence[float],
-                           profile: CaseProfile | None = None) -> tuple[np.ndarray, dict]:
-        """Labels plus, with ``save_probabilities``, each stage's probabilities inside its crop."""
+                           profile: CaseProfile | None = None, name: str = "image") -> tuple[np.ndarray, dict]:
+        """Labels plus, with ``save_probabilities``, each stage's probabilities inside its crop.
+        ``name`` (the case) is what out-of-scope warnings name."""
         image = np.asarray(image)
         if image.ndim != 3:
             raise AutosegError(f"expected a 3D (z, y, x) image, got shape {image.shape}")
         spacing = [float(s) for s in spacing]
+        if not in_scope(image, spacing, name, self.stages["organ"]):
+            return np.zeros(image.shape, np.uint8 if self.label_dtype == torch.uint8 else np.int16), {}
         prof = profile or CaseProfile(self.device, enabled=False)
         probs: dict = {}
         with torch.inference_mode():
@@ -402,7 +406,7 @@ class CascadePredictor:
 
         arr, geom = read_image(path)
         check_volume(arr, Path(path))
-        labels, probs = self.predict_array_full(arr, geom.spacing, profile)
+        labels, probs = self.predict_array_full(arr, geom.spacing, profile, Path(path).name)
         write_image(labels, geom, output)
         if probs:
             _write_probabilities(probs, Path(output))
@@ -414,7 +418,6 @@ class CascadePredictor:
         """Predict every case under ``input_path`` (or shard ``part_id`` of ``num_parts`` of them) into
         ``output_dir``; return ``[(case, reason)]`` of the cases that failed. Reading (next case) and
         writing (previous case) overlap the compute. ``self.written`` names the cases written."""
-        from autoseg.inference.cohort import remove_stale_temp_files
         from autoseg.utils import shard
         from autoseg.inference.io_threads import BackgroundWriter, list_cases, prefetch
         from autoseg.inference.outputs import CaseOutputs
@@ -427,8 +430,9 @@ class CascadePredictor:
         out_dir = Path(output_dir)
         if Path(input_path).is_dir() and out_dir.resolve() == Path(input_path).resolve():
             raise AutosegError(f"{out_dir}: output folder must differ from the input folder")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(out_dir, [p.name for c in cases for p in outputs.paths(c)])
+        ensure_dir(out_dir, writable=True)
+        for stale in clean_stale_temp_files(out_dir):
+            log.info("removed %s, left by an interrupted earlier run", stale.name)
         todo = [c for c in cases if not (continue_prediction and outputs.done(c))]
         if len(todo) < len(cases):
             log.info("--continue: %d of %d case(s) already predicted, skipped", len(cases) - len(todo), len(cases))
@@ -459,7 +463,7 @@ class CascadePredictor:
                 prof = CaseProfile(self.device, enabled=profile, sampler=sampler)
                 prof.add_time("read", read_s)
                 try:
-                    labels, probs = self.predict_array_full(arr, geom.spacing, prof)
+                    labels, probs = self.predict_array_full(arr, geom.spacing, prof, case.path.name)
                 except Exception as e:  # one bad case must not stop the others
                     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                     failures.append((case.path.name, f"prediction failed: {reason}"))

@@ -83,6 +83,10 @@ def plan_and_preprocess(task: str | int, planner: str | None = None, stages: lis
     ``plans_name`` (as nnU-Net's -p): plans in ``plans_NAME.json``, caches in ``plans_NAME/``."""
     plans_file_name(plans_name)  # a bad name fails before any work
     ds = RawDataset.load(find_dataset_folder(task, raw_root(raw)))
+    if ds.num_channels != 1:  # the networks, caches and predictor carry one input channel
+        raise AutosegError(f"{ds.folder / 'dataset.json'}: {ds.num_channels} input channels "
+                           f"({', '.join(map(str, ds.channel_names.values()))}); autoseg segments single-channel "
+                           "CT only: keep one channel (e.g. the venous phase) as CASE_0000")
     out = preprocessed_root(preprocessed) / ds.name
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

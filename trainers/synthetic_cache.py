@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from autoseg.io import Geometry
-from autoseg.plans import save_plans
+from autoseg.plans import load_plans, save_plans
 from autoseg.preprocessing.cache import stage_hash
 from autoseg.utils import save_json, save_npz
 
@@ -59,6 +59,7 @@ def write_synthetic_cache(dataset_folder: str | os.PathLike, plans: dict, stage:
     """
     folder = Path(dataset_folder)
     save_plans(plans, folder / "plans.json")
+    plans = load_plans(folder / "plans.json")  # validated and migrated, as the trainer will see them
     rng = np.random.default_rng(seed)
     spacing = [float(s) for s in plans["stages"][stage]["target_spacing"]]
     ids = []
