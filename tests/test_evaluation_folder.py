@@ -127,7 +127,7 @@ def test_cli_entry(dataset, tmp_path, capsys):
     assert run_from_args(args) == 1  # case_c has no prediction: scored 0, and the exit status says so
     captured = capsys.readouterr()
     out = captured.out
-    assert "liver" in out and "metrics.csv" in out and "scored as empty" in out and "case_c" in captured.err
+    assert "liver" in out and "metrics.csv" in out and "scored as empty" in out and "case_c" in out and "no usable prediction" in captured.err
     summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert summary["tolerances"] == "flare21" and summary["per_class"]["liver"]["tolerance_mm"] == 1.0
     assert not math.isnan(summary["mean"]["nsd"])
