@@ -16,6 +16,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run_training": ("autoseg.trainers.cli", "train one stage (roi|organ|tumour) with a Trainer class found by name"),
     "run_inference": ("autoseg.inference.cli", "segment CT images with the fused ROI -> organ -> tumour cascade"),
     "evaluate": ("autoseg.evaluation.cli", "DSC / NSD / HD95 of a prediction folder against ground truth"),
+    "evaluate_cv": ("autoseg.evaluation.cv_cli", "end-to-end cross-validation of a trainer's folds: metrics and postprocessing"),
+    "find_best_configuration": ("autoseg.evaluation.cv_cli", "compare cross-validated trainers and ensembles, print the inference command"),
+    "ensemble": ("autoseg.evaluation.cv_cli", "average the probabilities of several prediction folders"),
     "make_phantoms": ("autoseg.synthetic", "write a seeded abdominal CT phantom dataset (nnU-Net v2 raw format)"),
     "demo": ("autoseg.demo", "the whole pipeline on CT phantoms, on this machine, in minutes"),
 }

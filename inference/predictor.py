@@ -130,10 +130,17 @@ class CascadePredictor:
                      folds: Sequence[int | str] | None = None, results: str | None = None,
                      **kwargs) -> "CascadePredictor":
         """Load every stage found under ``AUTOSEG_RESULTS/<Dataset>/<stage>/<trainer>/fold_*``."""
+        from autoseg.evaluation.crossval import config_name
+        from autoseg.inference.models import resolve_dataset_dir
+        from autoseg.inference.rule_sources import choose_rules
+
         ckpts = find_stage_checkpoints(task, trainer, stage_trainers, folds, results)
         for stage, paths in ckpts.items():
             log.info("stage %s: %d fold(s) from %s", stage, len(paths), paths[0].parent.parent)
-        return cls(ckpts, **kwargs)
+        predictor = cls(ckpts, **kwargs)
+        predictor.rules = choose_rules(resolve_dataset_dir(task, results), config_name(trainer, stage_trainers),
+                                       predictor.rules, [p for s, ps in ckpts.items() if s != "roi" for p in ps])
+        return predictor
 
     # ------------------------------------------------------------------ array path
     def predict_array(self, image: np.ndarray, spacing: Sequence[float],
