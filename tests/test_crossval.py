@@ -17,15 +17,15 @@ TRAINERS = ("TrainerA", "TrainerB")
 
 
 def _case(i: int) -> tuple[np.ndarray, np.ndarray]:
-    img = np.full((24, 40, 40), -1000, np.int16)
+    img = np.full((16, 32, 32), -1000, np.int16)
     gt = np.zeros(img.shape, np.uint8)
-    img[2:22, 3:37, 3:37] = 0
-    img[5:16, 8:24 + i, 8:22] = 100
-    gt[5:16, 8:24 + i, 8:22] = 1  # liver
-    img[8:12, 12:16, 12:16] = 150
-    gt[8:12, 12:16, 12:16] = 3  # tumour
-    img[6:14, 10:18, 28:34] = 250
-    gt[6:14, 10:18, 28:34] = 2  # kidney
+    img[1:15, 2:30, 2:30] = 0
+    img[3:11, 6:18 + i, 6:16] = 100
+    gt[3:11, 6:18 + i, 6:16] = 1  # liver
+    img[5:8, 9:12, 9:12] = 150
+    gt[5:8, 9:12, 9:12] = 3  # tumour
+    img[4:10, 8:14, 22:27] = 250
+    gt[4:10, 8:14, 22:27] = 2  # kidney
     return img, gt
 
 
@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cv")
     raw = root / "raw" / NAME
-    geo = Geometry((2.5, 1.5, 1.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (24, 40, 40))
+    geo = Geometry((2.5, 1.5, 1.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), (16, 32, 32))
     ids = [f"tiny_{i:03d}" for i in range(4)]
     for i, cid in enumerate(ids):
         img, gt = _case(i)
