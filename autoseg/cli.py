@@ -45,6 +45,11 @@ def _runner(command: str) -> Callable[[argparse.Namespace], int | None]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
+    from autoseg.habits import nnunet_hint
+    hint = nnunet_hint(argv[argv.index(selected):] if selected in COMMANDS else [])
+    if hint:
+        print(f"autoseg {selected}: {hint}", file=sys.stderr)
+        return 2
     args = build_parser(selected if selected in COMMANDS else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

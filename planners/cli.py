@@ -7,7 +7,7 @@ from autoseg.planners.pipeline import plan_and_preprocess
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-t", "--task", required=True, help="dataset id (501) or folder name (Dataset501_X)")
+    parser.add_argument("-t", "-d", "--task", required=True, help="dataset id (501) or folder name (Dataset501_X)")
     parser.add_argument("--planner", default="ExperimentPlanner",
                         help="planner class name, searched in the planners package and --planner-path")
     parser.add_argument("--planner-path", action="append", default=None, metavar="DIR",
