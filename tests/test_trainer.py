@@ -152,10 +152,18 @@ def test_pretrained_and_variants(cache, tmp_path):
     ft = TrainerFinetune(plans, "organ", 0, cache / NAME, "cpu", tmp_path / "ft", num_epochs=1,
                          iters_per_epoch=1, num_workers=0, pretrained=tmp_path / "base" / "checkpoint_final.pt")
     ft.initialize()
-    from autoseg.trainers.checkpoint import load_matching_weights
-    loaded, skipped = load_matching_weights(ft.network, base.network.state_dict())
-    assert skipped and all("seg" in s or "head" in s or "out" in s for s in skipped), skipped
-    assert len(loaded) > len(skipped)
+    # what --pretrained put into ft's network, tensor by tensor, against base's trained weights
+    trained, fresh = base.network.state_dict(), make(Trainer, cache, tmp_path / "fresh", num_epochs=1)
+    fresh.initialize()
+    init = fresh.network.state_dict()
+    same_shape = [k for k, v in ft.network.state_dict().items() if k in trained and trained[k].shape == v.shape]
+    other = [k for k in ft.network.state_dict() if k not in same_shape]
+    assert other and all("seg" in s or "head" in s or "out" in s for s in other), other
+    assert len(same_shape) > len(other)
+    for k in same_shape:
+        assert torch.equal(ft.network.state_dict()[k], trained[k]), k
+    moved = [k for k in same_shape if not torch.equal(trained[k], init[k])]
+    assert moved, "base training changed no tensor: the check above could not tell pretrained from fresh"
     assert ft.initial_lr == 1e-3
     dyn = make(TrainerTumourDynamicWeights, cache, tmp_path / "dyn", num_epochs=1)
     dyn.final_validation = lambda: None

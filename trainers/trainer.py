@@ -32,7 +32,7 @@ from autoseg.trainers import distributed as ddp
 from autoseg.devices import cpu_bf16_supported, resolve_device
 from autoseg.trainers.checkpoint import load_checkpoint, load_pretrained, rng_state, save_checkpoint, set_rng_state
 from autoseg.trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler, seed_process
-from autoseg.trainers.progress import TrainingLog
+from autoseg.trainers.progress import TrainingLog, epoch_bar
 from autoseg.trainers.schedule import PolyLR
 from autoseg.trainers.splits import fold_cases, load_or_create_splits, parse_fold
 
@@ -249,11 +249,14 @@ class Trainer:
         self.on_epoch_start()
         t0, wait = time.perf_counter(), 0.0
         train_out = []
+        bar = epoch_bar(self.iters_per_epoch, self.current_epoch + 1, self.num_epochs, self.is_main)
         for _ in range(self.iters_per_epoch):
             tw = time.perf_counter()
             batch = next(train_loader)
             wait += time.perf_counter() - tw
             train_out.append(self.train_step(batch))
+            bar.update()
+        bar.close()
         self.last_train_time, self.last_loader_wait = time.perf_counter() - t0, wait
         self.network.eval()
         n_val = self.val_iters_per_epoch or min(50, max(1, self.iters_per_epoch // 5))
