@@ -304,3 +304,52 @@ def test_stage_grid_geometry_places_the_crop():
     g = stage_grid_geometry(props, (40, 40, 30), [3.0, 1.0, 1.0])
     # origin is ITK (x, y, z): x 10 + 20 * 0.5 + (1.0 - 0.5) / 2, y 20 + 10 * 0.5 + 0.25, z 30 + 5 * 3 + 0
     assert g.origin == pytest.approx((20.25, 25.25, 45.0)) and g.spacing == (3.0, 1.0, 1.0)
+
+
+KILL_PROBE = textwrap.dedent('''
+    import os
+    import signal
+
+    from autoseg.trainers import Trainer
+
+
+    class TrainerKilled(Trainer):
+        def train_step(self, batch):
+            self.steps = getattr(self, "steps", 0) + 1
+            if self.steps == int(os.environ.get("KILL_AT_STEP", "0")):
+                with open(os.environ["KILL_MARK"], "w") as f:
+                    f.write(str(self.current_epoch))
+                os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, no exception handler: a real kill
+            return super().train_step(batch)
+''')
+
+
+def test_sigkill_with_loader_workers_resumes_exactly(cache, tmp_path, monkeypatch):
+    """The CLI promises an exact resume: SIGKILL mid-epoch with 2 loader workers, then --continue, must
+    give the same curves and final weights as an uninterrupted run."""
+    (tmp_path / "tp").mkdir()
+    (tmp_path / "tp" / "killed.py").write_text(KILL_PROBE)
+    mark = tmp_path / "killed_in_epoch.txt"
+    code = ("import sys; from autoseg.trainers import run_training; run_training('organ', 'TrainerKilled', 900, 0, "
+            "epochs=2, iters_per_epoch=2, device='cpu', num_workers=2, trainer_path=sys.argv[1], "
+            "preprocessed=sys.argv[2], results=sys.argv[3])")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KILL_AT_STEP": "3", "KILL_MARK": str(mark)}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tp"), str(cache), str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # it was killed, not finished or crashed
+    assert mark.read_text() == "1"  # first iteration of the second epoch, after epoch 1's checkpoint
+    folder = tmp_path / "run" / NAME / "organ" / "TrainerKilled" / "fold_0"
+    assert not (folder / "checkpoint_final.pt").exists()
+    cls = find_trainer("TrainerKilled", tmp_path / "tp")
+    runs = {}
+    for name, out, cont in (("resumed", folder, True), ("ref", tmp_path / "ref", False)):
+        runs[name] = make(cls, cache, out, num_epochs=2, num_workers=2)
+        runs[name].final_validation = lambda: None
+        runs[name].fit(continue_training=cont)
+    resumed, ref = (torch.load(runs[n].output_folder / "checkpoint_final.pt", weights_only=True)
+                    for n in ("resumed", "ref"))
+    assert "resumed from" in (folder / "training_log.txt").read_text()
+    for key in ("train_loss", "val_loss", "lr"):
+        assert resumed["logs"][key] == ref["logs"][key], key
+    for k, v in ref["network_weights"].items():
+        assert torch.equal(v, resumed["network_weights"][k]), k
