@@ -112,7 +112,8 @@ class CascadePredictor:
             torch.backends.cudnn.benchmark = True
         # One window per forward pass: on an H100 with the default plans two windows per pass saved 15%
         # of the time but cost 1.7x the GPU memory (0.42 s / 3.3 GB vs 0.49 s / 1.9 GB, measured before
-        # the networks freed maps as they go); on CPU batching gains nothing on two cores.
+        # the networks freed maps as they go; unverified: no results file records that run, rerun
+        # benchmarks/device_check.sh); on CPU batching gains nothing on two cores.
         if windows_per_batch is not None and windows_per_batch < 1:
             raise AutosegError(f"windows per batch must be at least 1, got {windows_per_batch}")
         self.windows_per_batch = windows_per_batch or 1
