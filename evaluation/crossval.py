@@ -238,7 +238,7 @@ def fold_statistics(summary: dict, metrics_csv: Path, case_fold: dict[str, int])
 def format_cv_table(summary: dict) -> str:
     """Per class: DSC and NSD mean ± std across the folds' cases, before -> after postprocessing."""
     before, after = summary["before_postprocessing"], summary["after_postprocessing"]
-    rows = [("class", "DSC", "DSC after pp", "NSD after pp", "DSC per fold (after pp)")]
+    rows = [("class", "DSC before pp", "DSC after pp", "NSD after pp", "DSC per fold (after pp)")]
     for name, a in after["per_class"].items():
         b = before["per_class"][name]
         folds = " ".join(f"{v:.3f}" for v in a["per_fold"].values())
