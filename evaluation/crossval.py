@@ -271,4 +271,9 @@ def maybe_evaluate_cv(task: str | int, trainer: str, **kwargs) -> dict | None:
         log.debug("no cross-validation yet: %s", e)
         return None
     log.info("every fold of every stage of %s is trained: running the end-to-end cross-validation", trainer)
-    return cv.run(progress=False)
+    try:
+        return cv.run(progress=False)
+    except AutosegError as e:  # the training itself succeeded; say what to rerun instead of failing it
+        log.error("cross-validation of %s failed: %s (rerun: autoseg evaluate_cv -t %s -tr %s)", trainer, e, task,
+                  trainer)
+        return None
