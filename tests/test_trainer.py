@@ -353,3 +353,17 @@ def test_sigkill_with_loader_workers_resumes_exactly(cache, tmp_path, monkeypatc
         assert resumed["logs"][key] == ref["logs"][key], key
     for k, v in ref["network_weights"].items():
         assert torch.equal(v, resumed["network_weights"][k]), k
+
+
+def test_progress_inside_an_epoch(cache, tmp_path, capsys, monkeypatch):
+    """Long CPU epochs show a bar with the iteration count and rate (tqdm on stderr); AUTOSEG_PROGRESS=0 hides it."""
+    t = make(Trainer, cache, tmp_path / "bar", num_epochs=1)
+    t.final_validation = lambda: None
+    t.fit()
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "0/2 [" in err and "it/s" in err
+    monkeypatch.setenv("AUTOSEG_PROGRESS", "0")
+    t = make(Trainer, cache, tmp_path / "quiet", num_epochs=1)
+    t.final_validation = lambda: None
+    t.fit()
+    assert "epoch 1/1" not in capsys.readouterr().err
