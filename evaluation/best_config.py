@@ -69,12 +69,12 @@ def ensemble_folders(inputs: Sequence[Path], output: Path, rules: dict | None = 
                      cases: Sequence[str] | None = None) -> list[str]:
     """Fuse the predictions of several folders (``CASE.nii.gz`` + ``CASE.npz`` each) into ``output``;
     returns the cases written. The first folder's masks give each case's geometry."""
-    from autoseg.io import read_header, strip_suffix, write_image
+    from autoseg.io import read_header, write_image
     from autoseg.inference.postprocessing import apply_postprocessing
 
     inputs = [Path(p) for p in inputs]
     if cases is None:
-        cases = sorted(strip_suffix(p.name) for p in inputs[0].glob("*.npz"))
+        cases = sorted(p.name[: -len(".npz")] for p in inputs[0].glob("*.npz"))
     output.mkdir(parents=True, exist_ok=True)
     done = []
     for cid in cases:

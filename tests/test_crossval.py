@@ -98,6 +98,13 @@ def test_find_best_configuration_tries_ensemble(trained, capsys):
     assert "<- best" in out and "autoseg run_inference" in out
     ens_pred = root / "res" / NAME / "crossval" / ens / "predictions"
     assert len(list(ens_pred.glob("*.nii.gz"))) == 4
+    # the ensemble command a user runs on two --save-probabilities folders gives the same masks
+    cv = root / "res" / NAME / "crossval"
+    assert main(["ensemble", "-i", str(cv / "TrainerA" / "predictions"), str(cv / "TrainerB" / "predictions"),
+                 "-o", str(root / "ens_cli")]) == 0
+    from autoseg.io import read_image
+    for p in ens_pred.glob("*.nii.gz"):
+        assert np.array_equal(read_image(p)[0], read_image(root / "ens_cli" / p.name)[0])
 
 
 def test_fuse_members_averages_probabilities():
