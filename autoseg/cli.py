@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("autoseg.inference.export_cli", "write a trained model (weights, plans, rules) as one checked zip"),
     "install": ("autoseg.inference.install_cli", "install a model zip from 'autoseg export' under AUTOSEG_RESULTS"),
     "evaluate": ("autoseg.evaluation.cli", "DSC / NSD / HD95 of a prediction folder against ground truth"),
+    "evaluate_cv": ("autoseg.evaluation.cv_cli", "end-to-end cross-validation of a trainer's folds: metrics and postprocessing"),
+    "find_best_configuration": ("autoseg.evaluation.cv_cli", "compare cross-validated trainers and ensembles, print the inference command"),
+    "ensemble": ("autoseg.evaluation.cv_cli", "average the probabilities of several prediction folders"),
     "make_phantoms": ("autoseg.synthetic", "write a seeded abdominal CT phantom dataset (nnU-Net v2 raw format)"),
     "demo": ("autoseg.demo", "the whole pipeline on CT phantoms, on this machine, in minutes"),
 }
@@ -44,6 +47,11 @@ def _runner(command: str) -> Callable[[argparse.Namespace], int | None]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
+    from autoseg.habits import nnunet_hint
+    hint = nnunet_hint(argv[argv.index(selected):] if selected in COMMANDS else [])
+    if hint:
+        print(f"autoseg {selected}: {hint}", file=sys.stderr)
+        return 2
     args = build_parser(selected if selected in COMMANDS else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

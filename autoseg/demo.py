@@ -101,17 +101,32 @@ def run_demo(work: Path, cfg: DemoConfig, device: str = "cpu", fresh: bool = Fal
     save_overlay(ds_folder, pred, work / "overlay.png", plans)
     save_training_curves(res / ds_folder.name, work / "training_curves.png")
     shutil.copy(work / "evaluation" / "summary.json", work / "summary.json")
-    _report(summary, plans, time.perf_counter() - t0, work)
+    _report(summary, plans, time.perf_counter() - t0, work, cfg)
     return rc
 
 
-def _report(summary: dict, plans: dict, seconds: float, work: Path) -> None:
+def _report(summary: dict, plans: dict, seconds: float, work: Path, cfg: DemoConfig) -> None:
+    """Print the headline figures and keep them in demo_record.json: the README quotes a recorded run."""
+    import platform
+
+    from autoseg import __version__
     from autoseg.plans import organ_label_values, tumour_label_values
+    from autoseg.utils import save_json
 
     names = {v: k for k, v in plans["labels"].items()}
     per_class = summary["per_class"]
     organ = [per_class[names[v]]["dsc"]["mean"] for v in organ_label_values(plans) if names[v] in per_class]
     tumour = [per_class[names[v]]["dsc"]["mean"] for v in tumour_label_values(plans) if names[v] in per_class]
+    iterations = {s: cfg.schedule[s][0] * cfg.schedule[s][1] for s in plans["stages"]}
     print(f"\nmean organ DSC {np.mean(organ):.3f}" + (f", tumour DSC {np.mean(tumour):.3f}" if tumour else "")
-          + f" on held-out phantoms; whole demo {seconds / 60:.1f} min")
+          + f" on {summary['num_cases']} held-out phantoms; {sum(iterations.values())} training iterations "
+          f"({', '.join(f'{s} {n}' for s, n in iterations.items())}); whole demo {seconds / 60:.1f} min")
     print(f"look at {work / 'overlay.png'}, {work / 'training_curves.png'} and {work / 'summary.json'}")
+    save_json({"autoseg": __version__, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+               "num_train": cfg.num_train, "num_test": summary["num_cases"], "planner": cfg.planner,
+               "trainer": cfg.trainer, "training_iterations": iterations, "minutes": round(seconds / 60, 2),
+               "mean_organ_dsc": float(np.mean(organ)) if organ else None,
+               "mean_tumour_dsc": float(np.mean(tumour)) if tumour else None,
+               "dsc_per_class": {n: c["dsc"]["mean"] for n, c in per_class.items()},
+               "scored_as_empty": summary.get("scored_as_empty", [])}, work / "demo_record.json")

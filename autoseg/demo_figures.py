@@ -22,22 +22,35 @@ def _best_slice(gt: np.ndarray, tumour_values: list[int]) -> int:
     return gt.shape[0] // 2
 
 
+def radiological(path: Path) -> tuple[np.ndarray, tuple[float, float, float], object]:
+    """Array (z, y, x) reoriented to LPS, so an axial slice shown with row 0 at the top is the
+    radiological view (anterior up, the patient's right on the viewer's left); spacing and image too."""
+    import SimpleITK as sitk
+
+    from autoseg.io import read_sitk
+
+    img = sitk.DICOMOrient(read_sitk(path), "LPS")
+    return sitk.GetArrayFromImage(img), tuple(float(s) for s in reversed(img.GetSpacing())), img
+
+
 def save_overlay(ds_folder: Path, pred_folder: Path, out: Path, plans: dict) -> Path | None:
-    """CT slice (abdominal window) with true contours solid and predicted contours dashed."""
+    """CT slice (abdominal window) in the radiological view with true contours solid and predicted
+    contours dashed, L/R/A/P marks and the slice's position in mm."""
     from autoseg.plans import tumour_label_values
 
     preds = sorted(pred_folder.glob("*.nii.gz"))
     if not preds:
         return None
     case = preds[0].name[: -len(".nii.gz")]
-    ct, _ = read_image(ds_folder / "imagesTs" / f"{case}_0000.nii.gz")
-    gt, _ = read_image(ds_folder / "labelsTs" / f"{case}.nii.gz")
-    pr, _ = read_image(preds[0])
+    ct, spacing, img = radiological(ds_folder / "imagesTs" / f"{case}_0000.nii.gz")
+    gt = radiological(ds_folder / "labelsTs" / f"{case}.nii.gz")[0]
+    pr = radiological(preds[0])[0]
     z = _best_slice(gt, tumour_label_values(plans))
+    z_mm = img.TransformIndexToPhysicalPoint((0, 0, z))[2]  # LPS: the third axis points superior
     names = {v: k for k, v in plans["labels"].items() if v}
     colours = plt.cm.tab10(np.linspace(0, 1, 10))
     fig, ax = plt.subplots(figsize=(7, 7))
-    ax.imshow(np.clip(ct[z], -200, 300), cmap="gray")
+    ax.imshow(np.clip(ct[z], -200, 300), cmap="gray", aspect=spacing[1] / spacing[2])
     handles = []
     for i, (v, name) in enumerate(sorted(names.items())):
         c = colours[i % 10]
@@ -48,7 +61,10 @@ def save_overlay(ds_folder: Path, pred_folder: Path, out: Path, plans: dict) -> 
     handles += [plt.Line2D([], [], color="w", ls="solid", label="truth (solid)"),
                 plt.Line2D([], [], color="w", ls="dashed", label="prediction (dashed)")]
     ax.legend(handles=handles, loc="lower right", fontsize=7, facecolor="black", labelcolor="white")
-    ax.set_title(f"{case}, slice {z}")
+    mark = dict(color="yellow", fontsize=14, fontweight="bold", transform=ax.transAxes, va="center", ha="center")
+    for text, x, y in (("R", 0.03, 0.5), ("L", 0.97, 0.5), ("A", 0.5, 0.97), ("P", 0.5, 0.03)):
+        ax.text(x, y, text, **mark)
+    ax.set_title(f"{case}: axial slice {z + 1}/{ct.shape[0]} at z = {z_mm:.1f} mm (radiological view)")
     ax.axis("off")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
@@ -57,15 +73,23 @@ def save_overlay(ds_folder: Path, pred_folder: Path, out: Path, plans: dict) -> 
 
 
 def save_training_curves(results_dataset: Path, out: Path) -> Path | None:
-    """Every stage's progress.png side by side in one picture."""
-    images = sorted(results_dataset.glob("*/*/fold_*/progress.png"))
+    """Every stage's progress.png at its own size, one below the other in pipeline order."""
+    from autoseg.plans import STAGES
+
+    images = sorted(results_dataset.glob("*/*/fold_*/progress.png"),
+                    key=lambda p: (STAGES.index(p.parts[-4]) if p.parts[-4] in STAGES else len(STAGES), str(p)))
     if not images:
         return None
-    fig, axes = plt.subplots(1, len(images), figsize=(6 * len(images), 5), squeeze=False)
-    for ax, path in zip(axes[0], images):
-        ax.imshow(plt.imread(path))
-        ax.set_title(f"{path.parts[-4]} ({path.parts[-3]}, {path.parts[-2]})")
+    pictures = [plt.imread(p) for p in images]
+    width = max(p.shape[1] for p in pictures) / 100
+    heights = [p.shape[0] / 100 + 0.4 for p in pictures]
+    fig, axes = plt.subplots(len(images), 1, figsize=(width, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, path, pic in zip(axes[:, 0], images, pictures):
+        ax.imshow(pic)
+        ax.set_title(f"stage {path.parts[-4]} ({path.parts[-3]}, {path.parts[-2]})", fontsize=14)
         ax.axis("off")
-    fig.savefig(out, dpi=100, bbox_inches="tight")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

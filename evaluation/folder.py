@@ -132,11 +132,20 @@ def present_labels(*arrays: np.ndarray) -> dict[int, None]:
     return {v: None for v in sorted(found)}
 
 
-def score_case(case_id: str, gt_path: Path, pred_path: Path, labels: Mapping[int, str | None] | None,
+def read_gt_only(gt_path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """GT and an empty prediction on its grid: a missing or failed prediction scores as an empty mask."""
+    from autoseg.io import read_image
+
+    gt, geo = read_image(gt_path)
+    return gt, np.zeros_like(gt), geo.spacing
+
+
+def score_case(case_id: str, gt_path: Path, pred_path: Path | None, labels: Mapping[int, str | None] | None,
                tolerances: Any, align: bool) -> tuple[str, dict[int, dict[str, float]] | None, str | None]:
-    """Worker: (case id, per-label metrics, None) or (case id, None, error message). Never raises."""
+    """Worker: (case id, per-label metrics, None) or (case id, None, error message). Never raises.
+    ``pred_path`` None scores the case as predicted empty (FLARE: 0 for every class the GT holds)."""
     try:
-        gt, pred, spacing = read_pair(gt_path, pred_path, align)
+        gt, pred, spacing = read_pair(gt_path, pred_path, align) if pred_path is not None else read_gt_only(gt_path)
         case_labels = labels if labels is not None else present_labels(gt, pred)
         return case_id, compute_metrics(gt, pred, spacing, case_labels, tolerances), None
     except AutosegError as e:
@@ -196,12 +205,14 @@ def evaluate_folder(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike, out_
                     align: bool = False, num_workers: int = 2, progress: bool = True) -> dict:
     """Score every prediction in ``pred_dir`` against the same-named label map in ``gt_dir``.
 
-    Writes metrics.csv and summary.json to ``out_dir`` (default: ``pred_dir``) and returns the
-    summary. ``labels`` (name -> value) defaults to the dataset.json beside ``gt_dir``, else to the
-    values present, named ``label_<v>``.
+    Writes metrics.csv and summary.json to ``out_dir`` (default: ``default_out_dir(pred_dir)``) and
+    returns the summary. ``labels`` (name -> value) defaults to the dataset.json beside ``gt_dir``,
+    else to the values present, named ``label_<v>``. A GT case without a usable prediction (missing
+    file, unreadable, wrong grid without ``align``... ) is scored as an empty prediction, so it
+    counts 0 for each class its GT holds and is listed in ``scored_as_empty``; it is never dropped.
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
-    out_dir = Path(out_dir) if out_dir is not None else pred_dir
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(pred_dir)
     get_preset(tolerances)  # a bad preset fails before any case is read
     gt_cases, pred_cases = list_cases(gt_dir, "ground-truth"), list_cases(pred_dir, "prediction")
     common = sorted(set(gt_cases) & set(pred_cases))
@@ -228,18 +239,47 @@ def evaluate_folder(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike, out_
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     for cid, res, err in _run_cases(jobs, num_workers, progress):
         if err is not None:
-            log.warning("case %s not scored: %s", cid, err)
+            log.warning("case %s: prediction not usable, scored as empty: %s", cid, err)
             failed[cid] = err
         else:
             per_case[cid] = res  # type: ignore[assignment]
+    empty = sorted(set(missing_pred) | set(failed))
+    for cid, res, err in _run_cases([(c, gt_cases[c], None, names, tolerances, align) for c in empty], 1, False):
+        if err is not None:
+            raise AutosegError(f"{gt_cases[cid]}: ground truth unreadable: {err}")
+        per_case[cid] = res  # type: ignore[assignment]
+    per_case = dict(sorted(per_case.items()))
     names = _complete_labels(per_case, names)
     tol, _ = resolve_tolerances(names, tolerances)
     summary = summarise(per_case, names, tol, get_preset(tolerances).name)
-    summary.update({"gt_dir": str(gt_dir), "pred_dir": str(pred_dir), "missing_predictions": missing_pred,
-                    "missing_ground_truth": missing_gt, "failed": dict(sorted(failed.items()))})
+    summary.update({"gt_dir": str(gt_dir), "pred_dir": str(pred_dir), "out_dir": str(out_dir),
+                    "missing_predictions": missing_pred, "missing_ground_truth": missing_gt,
+                    "failed": dict(sorted(failed.items())), "scored_as_empty": empty,
+                    "tolerance_warnings": tolerance_warnings(names, tolerances)})
     write_metrics_csv(out_dir / "metrics.csv", per_case, names, tol)
     save_json(summary, out_dir / "summary.json")
     return summary
+
+
+def default_out_dir(pred_dir: Path) -> Path:
+    """Evaluation output never lands among the predictions (a later run would read it as a case)."""
+    return pred_dir.parent / f"{pred_dir.name}_evaluation"
+
+
+def tolerance_warnings(names: Mapping[int, str], tolerances: str | float) -> list[str]:
+    """A loud line when a per-organ preset matched none of the label names (every NSD would use the
+    preset's default: usually labels named label_N because no dataset.json was found)."""
+    preset = get_preset(tolerances)
+    if not preset.per_organ or not names:
+        return []
+    from autoseg.evaluation.tolerances import canonical_organ
+
+    if any(canonical_organ(n) in preset.per_organ for n in names.values()):
+        return []
+    msg = (f"tolerance preset {preset.name} matched none of the labels ({', '.join(list(names.values())[:6])}): "
+           f"every NSD uses {preset.default_mm:g} mm; pass -t ID or --dataset-json to name the labels")
+    log.warning(msg)
+    return [msg]
 
 
 def _complete_labels(per_case: dict[str, dict[int, dict[str, float]]],

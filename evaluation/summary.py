@@ -9,6 +9,10 @@ import numpy as np
 from autoseg.evaluation.metrics import METRIC_KEYS
 
 
+HD95_CONVENTION = ("HD95 is undefined where exactly one of GT and prediction is empty; such cases are left out "
+                   "of the HD95 mean and counted in n_undefined (both empty: 0 mm). DSC and NSD count them as 0.")
+
+
 def _stats(values: list[float]) -> dict[str, float | int | None]:
     """mean/std/median over the defined values; undefined ones (NaN HD95) are counted, not averaged."""
     arr = np.asarray(values, dtype=np.float64)
@@ -36,7 +40,8 @@ def summarise(per_case: Mapping[str, Mapping[int, Mapping[str, float]]], names: 
     for cid, res in per_case.items():
         case_means[cid] = {k: _finite_mean([res[v][k] for v in res]) for k in ("dsc", "nsd", "hd95")}
     return {"tolerances": preset, "labels": {n: v for v, n in sorted(names.items())},
-            "num_cases": len(per_case), "per_class": per_class, "mean": mean, "per_case_mean": case_means}
+            "num_cases": len(per_case), "per_class": per_class, "mean": mean, "per_case_mean": case_means,
+            "hd95_convention": HD95_CONVENTION}
 
 
 def _finite_mean(values: list[float]) -> float | None:
@@ -78,4 +83,10 @@ def format_summary_table(summary: Mapping) -> str:
             out.append(f"{len(ids)} case(s) {what}: {', '.join(ids[:10])}" + (" ..." if len(ids) > 10 else ""))
     for cid, err in (summary.get("failed") or {}).items():
         out.append(f"failed {cid}: {err}")
+    empty = summary.get("scored_as_empty") or []
+    if empty:
+        out.append(f"{len(empty)} case(s) without a usable prediction scored as empty (0 where the GT has the "
+                   f"class) and included in the means: {', '.join(empty[:10])}" + (" ..." if len(empty) > 10 else ""))
+    out.append("HD95: mean over cases where it is defined; 'undef' counts cases with exactly one side empty")
+    out.extend(f"WARNING: {w}" for w in summary.get("tolerance_warnings") or [])
     return "\n".join(out)

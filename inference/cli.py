@@ -21,7 +21,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of images (CASE_0000.nii.gz, .nrrd, .mha, DICOM series folders), "
                              "one image, or one DICOM series folder")
     parser.add_argument("-o", "--output", required=True, help="output folder (masks named CASE.nii.gz)")
-    parser.add_argument("-t", "--task", default=None, help="dataset id or name, e.g. 501 or Dataset501_Abdomen")
+    parser.add_argument("-t", "-d", "--task", default=None, help="dataset id or name, e.g. 501 or Dataset501_Abdomen")
     parser.add_argument("-m", "--model", default=None,
                         help="a model bundle (zip from 'autoseg export') or an installed bundle's name, instead of -t")
     parser.add_argument("-tr", "--trainer", default="Trainer", help="trainer whose checkpoints are used (default: Trainer)")

@@ -135,7 +135,8 @@ class CascadePredictor:
             torch.backends.cudnn.benchmark = True
         # One window per forward pass: on an H100 with the default plans two windows per pass saved 15%
         # of the time but cost 1.7x the GPU memory (0.42 s / 3.3 GB vs 0.49 s / 1.9 GB, measured before
-        # the networks freed maps as they go); on CPU batching gains nothing on two cores.
+        # the networks freed maps as they go; unverified: no results file records that run, rerun
+        # benchmarks/device_check.sh); on CPU batching gains nothing on two cores.
         if windows_per_batch is not None and windows_per_batch < 1:
             raise AutosegError(f"windows per batch must be at least 1, got {windows_per_batch}")
         self.windows_per_batch = windows_per_batch or 1
@@ -154,10 +155,18 @@ class CascadePredictor:
                      folds: Sequence[int | str] | None = None, results: str | None = None,
                      plans_name: str | None = None, **kwargs) -> "CascadePredictor":
         """Load every stage found under ``AUTOSEG_RESULTS/<Dataset>/[plans_NAME/]<stage>/<trainer>/fold_*``."""
+        from autoseg.evaluation.crossval import config_name
+        from autoseg.inference.rule_sources import choose_rules
+
         ckpts = find_stage_checkpoints(task, trainer, stage_trainers, folds, results, plans_name)
         for stage, paths in ckpts.items():
             log.info("stage %s: %d fold(s) from %s", stage, len(paths), paths[0].parent.parent)
-        return cls(ckpts, dataset=resolve_dataset_dir(task, results).name, **kwargs)
+        dataset_dir = resolve_dataset_dir(task, results)
+        predictor = cls(ckpts, dataset=dataset_dir.name, **kwargs)
+        predictor.rules = choose_rules(dataset_dir, config_name(trainer, stage_trainers), predictor.rules,
+                                       [p for s, ps in ckpts.items()
+                                        if not is_localiser(predictor.stages[s].plans, s) for p in ps])
+        return predictor
 
     # ------------------------------------------------------------------ array path
     def predict_array(self, image: np.ndarray, spacing: Sequence[float],

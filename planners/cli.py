@@ -7,7 +7,7 @@ from autoseg.planners.pipeline import plan_and_preprocess
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-t", "--task", required=True, help="dataset id (501) or folder name (Dataset501_X)")
+    parser.add_argument("-t", "-d", "--task", required=True, help="dataset id (501) or folder name (Dataset501_X)")
     parser.add_argument("--planner", default=None,
                         help="planner class name, searched in the planners package and --planner-path "
                              "(default ExperimentPlanner; with existing plans, one that differs needs --overwrite-plans)")

@@ -19,7 +19,8 @@ from math import prod
 # Dice+CE): 1.12-1.17 for 32-320 U-Nets at 128^3 / 80x160x160 / 40x256x256 / 96x128^2, 1.23 for the
 # 16-256 ROI net at 128^3 (benchmarks/bench_network_memory.py). 1.25 keeps every measured config
 # under its estimate (estimate / measured = 1.0-1.1). On the CPU the analytical count is 90-96% of
-# the bytes autograd actually saves.
+# the bytes autograd actually saves. The H100 figures are unverified: no results file in benchmarks/
+# records that run (rerun benchmarks/bench_network_memory.py on a GPU to check them).
 OVERHEAD_FACTOR = 1.25
 # fp32 weights + grads + optimizer state (SGD momentum 4 B, Adam 8 B: take the larger).
 BYTES_PER_PARAM = 16

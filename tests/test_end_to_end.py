@@ -42,3 +42,21 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert main(["run_training", "organ", "NoSuchTrainer", "999", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert "NoSuchTrainer" in err and "Trainer" in err
+
+
+def test_nnunet_habits_get_the_autoseg_equivalent(capsys):
+    """-d is accepted beside -t; nnU-Net's argument order gets a message naming the autoseg call."""
+    from autoseg.cli import build_parser
+
+    args = build_parser("run_inference").parse_args(["run_inference", "-i", "a", "-o", "b", "-d", "501"])
+    assert args.task == "501"
+    assert build_parser("plan_and_preprocess").parse_args(["plan_and_preprocess", "-d", "501"]).task == "501"
+    assert main(["run_training", "501", "3d_fullres", "0", "-tr", "TrainerFast"]) == 2
+    err = capsys.readouterr().err
+    assert "autoseg run_training organ TrainerFast 501 0" in err and "STAGE TRAINER ID FOLD" in err
+    assert main(["run_inference", "-i", "in", "-o", "out", "-d", "501", "-c", "3d_fullres"]) == 2
+    assert "autoseg run_inference -i in -o out -d 501" in capsys.readouterr().err
+    assert main(["evaluate", "gt", "pred", "-djfile", "ds.json"]) == 2
+    assert "autoseg evaluate -g gt -p pred --dataset-json ds.json" in capsys.readouterr().err
+    assert main(["find_best_configuration", "501"]) == 2
+    assert "autoseg find_best_configuration -t 501" in capsys.readouterr().err

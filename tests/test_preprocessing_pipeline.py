@@ -174,11 +174,12 @@ def test_resume_after_killed_run(tmp_path):
 
     while time.time() < deadline and proc.poll() is None and not done_cases():
         time.sleep(0.05)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.poll() is None, "preprocessing ended before it could be killed: the test would prove nothing"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
     out = pre / "Dataset990_Tiny"
     finished = {p.stem: p.stat().st_mtime_ns for p in done_cases()}
+    assert 1 <= len(finished) < 4, f"the kill must fall between cases, {len(finished)} of 4 were done"
     from autoseg.planners import plan_and_preprocess
 
     plan_and_preprocess(990, raw=raw, preprocessed=pre, num_workers=2, progress=False)

@@ -156,10 +156,18 @@ def test_pretrained_and_variants(cache, tmp_path):
     ft = TrainerFinetune(plans, "organ", 0, ft_cache, "cpu", tmp_path / "ft", num_epochs=1,
                          iters_per_epoch=1, num_workers=0, pretrained=tmp_path / "base" / "checkpoint_final.pt")
     ft.initialize()
-    from autoseg.trainers.checkpoint import load_matching_weights
-    loaded, skipped = load_matching_weights(ft.network, base.network.state_dict())
-    assert skipped and all("seg" in s or "head" in s or "out" in s for s in skipped), skipped
-    assert len(loaded) > len(skipped)
+    # what --pretrained put into ft's network, tensor by tensor, against base's trained weights
+    trained, fresh = base.network.state_dict(), make(Trainer, cache, tmp_path / "fresh", num_epochs=1)
+    fresh.initialize()
+    init = fresh.network.state_dict()
+    same_shape = [k for k, v in ft.network.state_dict().items() if k in trained and trained[k].shape == v.shape]
+    other = [k for k in ft.network.state_dict() if k not in same_shape]
+    assert other and all("seg" in s or "head" in s or "out" in s for s in other), other
+    assert len(same_shape) > len(other)
+    for k in same_shape:
+        assert torch.equal(ft.network.state_dict()[k], trained[k]), k
+    moved = [k for k in same_shape if not torch.equal(trained[k], init[k])]
+    assert moved, "base training changed no tensor: the check above could not tell pretrained from fresh"
     assert ft.initial_lr == 1e-3
     dyn = make(TrainerTumourDynamicWeights, cache, tmp_path / "dyn", num_epochs=1)
     dyn.final_validation = lambda: None
@@ -319,3 +327,66 @@ def test_build_network_outside_the_registry_is_refused(cache, tmp_path):
 
     with pytest.raises(AutosegError, match="network_config"):
         make(TrainerSneaky, cache, tmp_path / "out").initialize()
+
+
+KILL_PROBE = textwrap.dedent('''
+    import os
+    import signal
+
+    from autoseg.trainers import Trainer
+
+
+    class TrainerKilled(Trainer):
+        def train_step(self, batch):
+            self.steps = getattr(self, "steps", 0) + 1
+            if self.steps == int(os.environ.get("KILL_AT_STEP", "0")):
+                with open(os.environ["KILL_MARK"], "w") as f:
+                    f.write(str(self.current_epoch))
+                os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, no exception handler: a real kill
+            return super().train_step(batch)
+''')
+
+
+def test_sigkill_with_loader_workers_resumes_exactly(cache, tmp_path, monkeypatch):
+    """The CLI promises an exact resume: SIGKILL mid-epoch with 2 loader workers, then --continue, must
+    give the same curves and final weights as an uninterrupted run."""
+    (tmp_path / "tp").mkdir()
+    (tmp_path / "tp" / "killed.py").write_text(KILL_PROBE)
+    mark = tmp_path / "killed_in_epoch.txt"
+    code = ("import sys; from autoseg.trainers import run_training; run_training('organ', 'TrainerKilled', 900, 0, "
+            "epochs=2, iters_per_epoch=2, device='cpu', num_workers=2, trainer_path=sys.argv[1], "
+            "preprocessed=sys.argv[2], results=sys.argv[3])")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KILL_AT_STEP": "3", "KILL_MARK": str(mark)}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tp"), str(cache), str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # it was killed, not finished or crashed
+    assert mark.read_text() == "1"  # first iteration of the second epoch, after epoch 1's checkpoint
+    folder = tmp_path / "run" / NAME / "organ" / "TrainerKilled" / "fold_0"
+    assert not (folder / "checkpoint_final.pt").exists()
+    cls = find_trainer("TrainerKilled", tmp_path / "tp")
+    runs = {}
+    for name, out, cont in (("resumed", folder, True), ("ref", tmp_path / "ref", False)):
+        runs[name] = make(cls, cache, out, num_epochs=2, num_workers=2)
+        runs[name].final_validation = lambda: None
+        runs[name].fit(continue_training=cont)
+    resumed, ref = (torch.load(runs[n].output_folder / "checkpoint_final.pt", weights_only=True)
+                    for n in ("resumed", "ref"))
+    assert "resumed from" in (folder / "training_log.txt").read_text()
+    for key in ("train_loss", "val_loss", "lr"):
+        assert resumed["logs"][key] == ref["logs"][key], key
+    for k, v in ref["network_weights"].items():
+        assert torch.equal(v, resumed["network_weights"][k]), k
+
+
+def test_progress_inside_an_epoch(cache, tmp_path, capsys, monkeypatch):
+    """Long CPU epochs show a bar with the iteration count and rate (tqdm on stderr); AUTOSEG_PROGRESS=0 hides it."""
+    t = make(Trainer, cache, tmp_path / "bar", num_epochs=1)
+    t.final_validation = lambda: None
+    t.fit()
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "0/2 [" in err and "it/s" in err
+    monkeypatch.setenv("AUTOSEG_PROGRESS", "0")
+    t = make(Trainer, cache, tmp_path / "quiet", num_epochs=1)
+    t.final_validation = lambda: None
+    t.fit()
+    assert "epoch 1/1" not in capsys.readouterr().err

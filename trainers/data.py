@@ -208,8 +208,8 @@ def seed_process(seed: int) -> None:
 class BatchStream(IterableDataset):
     """Endless stream of augmented batches as tensors: data float32 (B,C,*P), seg int8 (B,1,*P)."""
 
-    def __init__(self, sampler: PatchSampler, transforms: Callable | None, seed: int) -> None:
-        self.sampler, self.transforms, self.seed = sampler, transforms, seed
+    def __init__(self, sampler: PatchSampler, transforms: Callable | None, seed: int, start: int = 0) -> None:
+        self.sampler, self.transforms, self.seed, self.start = sampler, transforms, seed, start
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         batch = self.sampler.sample_batch()
@@ -220,11 +220,18 @@ class BatchStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
-        if info is not None:
-            seed_process(self.seed + 1000 * (info.id + 1))
-            torch.set_num_threads(1)
+        if info is None:  # in-process: the global RNGs, which checkpoints save and restore
+            while True:
+                yield self.next_batch()
+        torch.set_num_threads(1)
+        # Workers are read round-robin, so worker w makes batches start+w, start+w+n, ...; seeding each
+        # batch by its index makes the stream independent of where workers were started: a run resumed
+        # at epoch e (start = e * iterations) sees exactly the batches an uninterrupted run saw.
+        index = self.start + info.id
         while True:
+            seed_process(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
             yield self.next_batch()
+            index += info.num_workers
 
 
 _OPEN_LOADERS: "weakref.WeakSet[BatchLoader]" = weakref.WeakSet()

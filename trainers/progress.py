@@ -6,7 +6,9 @@ resumed run continues the same curves.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from typing import Any
 from pathlib import Path
 
 from autoseg.utils import atomic_path
@@ -14,6 +16,16 @@ from autoseg.utils import atomic_path
 log = logging.getLogger(__name__)
 
 LOG_KEYS = ("train_loss", "val_loss", "pseudo_dice", "ema_dice", "lr", "epoch_time", "patches_per_s")
+
+
+def epoch_bar(total: int, epoch: int, num_epochs: int, enabled: bool) -> Any:
+    """Progress inside an epoch (iterations/s and ETA on stderr): long CPU epochs are otherwise silent
+    for minutes. Off on other ranks and when AUTOSEG_PROGRESS=0."""
+    from tqdm import tqdm
+
+    on = enabled and os.environ.get("AUTOSEG_PROGRESS", "1") != "0"
+    return tqdm(total=total, desc=f"epoch {epoch}/{num_epochs}", unit="it", leave=False, disable=not on,
+                mininterval=1.0, dynamic_ncols=True)
 
 
 class TrainingLog:

@@ -73,7 +73,29 @@ def run_training(stage: str, trainer: str, task: str | int, fold: str | int, epo
                 iters_per_epoch=iters_per_epoch, num_workers=num_workers, compile=compile, amp=amp,
                 pretrained=pretrained)
         with _sigterm_as_exit():
-            return t.fit(continue_training)
+            folder = t.fit(continue_training)
+        if t.is_main:
+            after_fold(t, task, device, preprocessed, results)
+        return folder
     finally:
         if created:
             ddp.destroy()
+
+
+def after_fold(t: object, task: str | int, device: str, preprocessed: str | os.PathLike | None,
+               results: str | os.PathLike | None) -> None:
+    """Fold ``all``: write the conservative default postprocessing (unless one is there). Folds 0-4: when
+    this was the last missing fold of every stage, run the end-to-end cross-validation."""
+    from autoseg.plans import organ_label_values
+
+    if str(t.fold) == "all":
+        from autoseg.inference.rule_sources import write_default_rules
+
+        out = t.output_folder / "postprocessing.json"
+        if t.stage != "roi" and not out.is_file():
+            write_default_rules(t.dataset_folder / t.stage, t.train_cases, t.class_values,
+                                organ_label_values(t.plans), out)
+        return
+    from autoseg.evaluation.crossval import maybe_evaluate_cv
+
+    maybe_evaluate_cv(task, type(t).__name__, preprocessed=preprocessed, results=results, device=device)

@@ -33,7 +33,7 @@ from autoseg.trainers import distributed as ddp
 from autoseg.devices import cpu_bf16_supported, resolve_device
 from autoseg.trainers.checkpoint import load_checkpoint, load_pretrained, rng_state, save_checkpoint, set_rng_state
 from autoseg.trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler, seed_process
-from autoseg.trainers.progress import TrainingLog
+from autoseg.trainers.progress import TrainingLog, epoch_bar
 from autoseg.trainers.saliency import with_saliency_perturbation
 from autoseg.trainers.schedule import PolyLR
 from autoseg.trainers.splits import fold_cases, load_or_create_splits, parse_fold
@@ -179,13 +179,18 @@ class Trainer:
         tr = PatchSampler(store, self.train_cases, self.batch_size, self.patch_size, self.oversample_foreground,
                           self.spatial_augmenter())
         va = PatchSampler(store, self.val_cases, self.batch_size, self.patch_size, self.oversample_foreground)
-        seed = self.seed + 7919 * self.rank + 104729 * self.current_epoch
+        seed = self.seed + 7919 * self.rank
         pin = self.device.type == "cuda"
         val_workers = 0 if self.num_workers == 0 else max(1, self.num_workers // 2)
-        return (BatchLoader(BatchStream(tr, self.training_transforms(), seed), self.num_workers, pin,
-                            self.loader_timeout_s),
-                BatchLoader(BatchStream(va, self.validation_transforms(), seed + 1), val_workers, pin,
-                            self.loader_timeout_s))
+        e = self.current_epoch  # worker streams resume at the batch an uninterrupted run would be at
+        return (BatchLoader(BatchStream(tr, self.training_transforms(), seed, e * self.iters_per_epoch),
+                            self.num_workers, pin, self.loader_timeout_s),
+                BatchLoader(BatchStream(va, self.validation_transforms(), seed + 1, e * self.num_val_iters),
+                            val_workers, pin, self.loader_timeout_s))
+
+    @property
+    def num_val_iters(self) -> int:
+        return self.val_iters_per_epoch or min(50, max(1, self.iters_per_epoch // 5))
 
     # ----- setup -------------------------------------------------------------------------------
     def stage_case_ids(self) -> list[str]:
@@ -281,16 +286,18 @@ class Trainer:
         self.on_epoch_start()
         t0, wait = time.perf_counter(), 0.0
         train_out = []
+        bar = epoch_bar(self.iters_per_epoch, self.current_epoch + 1, self.num_epochs, self.is_main)
         for _ in range(self.iters_per_epoch):
             tw = time.perf_counter()
             batch = next(train_loader)
             wait += time.perf_counter() - tw
             train_out.append(self.train_step(batch))
+            bar.update()
+        bar.close()
         self.last_train_time, self.last_loader_wait = time.perf_counter() - t0, wait
         self.network.eval()
-        n_val = self.val_iters_per_epoch or min(50, max(1, self.iters_per_epoch // 5))
         with torch.no_grad():
-            val_out = [self.validation_step(next(val_loader)) for _ in range(n_val)]
+            val_out = [self.validation_step(next(val_loader)) for _ in range(self.num_val_iters)]
         self.on_epoch_end(train_out, val_out, time.perf_counter() - t0)
 
     def on_epoch_end(self, train_outputs: list[dict], val_outputs: list[dict], epoch_time: float) -> None:
