@@ -40,7 +40,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "highdicom>=0.22"],
-        "dicom": ["highdicom>=0.22"],  # run_inference --output-format dicom-seg|both
+        "dicom": ["highdicom>=0.22", "pydicom>=2.4"],  # run_inference --output-format dicom-seg|both
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},
 )

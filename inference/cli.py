@@ -88,14 +88,17 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
     from autoseg.inference.cohort import cohort_part, report
     from autoseg.inference.predictor import CascadePredictor
     from autoseg.inference.profiling import format_profile
-    from autoseg.trainers.registry import load_user_modules
-
     if (task is None) == (model is None):
         raise AutosegError("give exactly one of -t TASK and -m MODEL")
     if model is not None and (folds or stage_trainers):
         raise AutosegError("-f and --stage-trainer choose among trained folders (-t); a bundle (-m) predicts with "
                            "what it holds: export another bundle instead")
-    load_user_modules(trainer_path)  # user networks: the registry the checkpoints' plans name classes from
+    if trainer_path or os.environ.get("AUTOSEG_TRAINER_PATH"):
+        # user networks extend the registry the checkpoints' plans name classes from; a bundle's
+        # deployment (no training code installed) needs none
+        from autoseg.trainers.registry import load_user_modules
+
+        load_user_modules(trainer_path)
     if folds is not None:
         folds = [int(f) if str(f).isdigit() else str(f) for f in folds]
     with cohort_part(num_parts, part_id) as part:

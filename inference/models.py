@@ -144,7 +144,7 @@ def find_stage_checkpoints(task: str | int, trainer: str = "Trainer", stage_trai
     for stage in names:
         tr = (stage_trainers or {}).get(stage, trainer)
         sdir = ds / stage / tr
-        if not sdir.is_dir():
+        if not sdir.is_dir() or not any(sdir.glob("fold_*/checkpoint*.pt")):  # e.g. crossval/: not a stage
             if stage in (stage_trainers or {}):
                 raise AutosegError(f"{sdir}: no such folder (--stage-trainer {stage}={tr})")
             continue

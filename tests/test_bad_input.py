@@ -163,7 +163,7 @@ def test_evaluate_reports_nan_in_a_label_map(tmp_path, capsys):
     nib.save(nib.Nifti1Image(bad, np.eye(4)), str(pred / "b.nii.gz"))
     assert cli_main(["evaluate", "-g", str(gt), "-p", str(pred), "-j", "1", "--no-progress"]) == 1
     assert "NOT SCORED b:" in capsys.readouterr().err
-    summary = json.loads((pred / "summary.json").read_text())
+    summary = json.loads((tmp_path / "pred_evaluation" / "summary.json").read_text())
     assert list(summary["failed"]) == ["b"] and "NaN" in summary["failed"]["b"]
 
 

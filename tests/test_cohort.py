@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autoseg import AutosegError
-from autoseg.utils import shard
+from autoseg.utils import _host_tag, shard
 from autoseg.inference.random_models import tiny_plans, write_random_checkpoints
 
 from test_bundle import write_cases
@@ -66,6 +66,12 @@ def _torchrun(cohort: Path, entry: list[str], *extra: str) -> subprocess.Complet
     return subprocess.run(cmd, cwd=cohort, env=env, capture_output=True, text=True, timeout=300)
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
 def test_two_gloo_ranks_killed_rank_finished_by_continue(cohort):
     (cohort / "killer.py").write_text(KILLER)
     first = _torchrun(cohort, ["killer.py"])
@@ -73,7 +79,8 @@ def test_two_gloo_ranks_killed_rank_finished_by_continue(cohort):
     out = cohort / "out"
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nii.gz")}
     assert "case1.nii.gz" in before and "case3.nii.gz" not in before  # rank 1 wrote one case, then died
-    (out / ".case3.nii.gz.x1y2z3.nii.gz").write_bytes(b"half-written by the killed rank")
+    dead = _dead_pid()
+    (out / f".case3.nii.gz.autoseg-tmp.{_host_tag()}.{dead}.x1y2z3.nii.gz").write_bytes(b"half-written, writer gone")
     second = _torchrun(cohort, ["-m", "autoseg"], "--continue")
     assert second.returncode == 0, second.stderr[-2000:]
     summary = json.loads((out / "inference_summary.json").read_text())

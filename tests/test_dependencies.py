@@ -33,9 +33,11 @@ def imported_modules() -> dict[str, set[str]]:
 
 
 def declared() -> set[str]:
+    """install_requires plus the optional extras (``dicom``), not the test tools."""
     text = (REPO / "setup.py").read_text(encoding="utf-8")
     block = text[text.index("install_requires=["):text.index("]", text.index("install_requires=["))]
-    return {_norm(re.split(r"[<>=!~ ;\[]", r)[0]) for r in re.findall(r'"([^"]+)"', block)}
+    blocks = [block] + re.findall(r'"(?!test")[a-z]+": \[([^\]]*)\]', text[text.index("extras_require"):])
+    return {_norm(re.split(r"[<>=!~ ;\[]", r)[0]) for b in blocks for r in re.findall(r'"([^"]+)"', b)}
 
 
 def test_declared_dependencies_are_exactly_the_imported_ones():

@@ -14,7 +14,7 @@ from autoseg.stage_graph import stage_in_channels, stage_input
 
 
 class SaliencyPerturbation:
-    """Batch transform (batchgenerators style) on ``data[:, first_channel:]``."""
+    """Batch transform (``transform(**batch) -> batch``, as our loaders call them) on ``data[:, first_channel:]``."""
 
     def __init__(self, first_channel: int, p_clean: float = 0.25, max_radius: int = 3, max_shift: int = 4,
                  p_drop: float = 0.05) -> None:
@@ -46,7 +46,17 @@ def with_saliency_perturbation(transforms: Any, plans: dict, stage: str) -> Any:
     n_sal = len(stage_input(plans, stage).saliency_classes)
     if not n_sal:
         return transforms
-    from batchgenerators.transforms.abstract_transforms import Compose
-
     first = stage_in_channels(plans, stage) - n_sal
-    return Compose([SaliencyPerturbation(first), *getattr(transforms, "transforms", [transforms])])
+    return Chain([SaliencyPerturbation(first), *([transforms] if transforms is not None else [])])
+
+
+class Chain:
+    """Batch transforms applied in order (picklable, for loader workers)."""
+
+    def __init__(self, transforms: list) -> None:
+        self.transforms = transforms
+
+    def __call__(self, **batch: Any) -> dict:
+        for t in self.transforms:
+            batch = t(**batch)
+        return batch
