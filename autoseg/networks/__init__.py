@@ -14,10 +14,14 @@ from autoseg import AutosegError
 from autoseg.networks.base import SegNetwork, count_parameters
 from autoseg.networks.config import NetConfig, parse_config, scales_from_strides
 from autoseg.networks.efficientseg import EfficientSegNet
+from autoseg.networks.efficientseg_published import EfficientSegNetPublished
+from autoseg.networks.resenc import ResEncUNet
+from autoseg.networks.scn import SpatialConfigurationNet
 from autoseg.networks.unet import UNet
 
 __all__ = ["build_network", "deep_supervision_scales", "register_network", "known_networks", "NETWORKS",
-           "count_parameters", "SegNetwork", "UNet", "EfficientSegNet", "NetConfig", "parse_config"]
+           "count_parameters", "SegNetwork", "UNet", "EfficientSegNet", "NetConfig", "parse_config",
+           "EfficientSegNetPublished", "ResEncUNet", "SpatialConfigurationNet"]
 
 NETWORKS: dict[str, type] = {}
 
@@ -34,6 +38,8 @@ def register_network(cls: type, name: str | None = None) -> type:
 
 register_network(UNet)
 register_network(EfficientSegNet)
+for _cls in (EfficientSegNetPublished, ResEncUNet, SpatialConfigurationNet):
+    register_network(_cls)
 
 
 def known_networks() -> list[str]:
