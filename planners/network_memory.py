@@ -100,8 +100,8 @@ def _scn(net: dict, patch: Sequence[int], in_channels: int, num_classes: int, ds
     coarse = prod(stage_sizes(patch, net["strides"])[level])
     width = int(net.get("sc_features", 2 * net["features"][0]))
     convs = int(net.get("sc_convs", 4))
-    # full resolution: the appearance logits (read by the pooling), logsigmoid's input and its buffer
-    return total + (num_classes + convs * width) * coarse + 3 * num_classes * prod(patch)
+    # full resolution: logsigmoid's input and its buffer
+    return total + (num_classes + convs * width) * coarse + 2 * num_classes * prod(patch)
 
 
 def _unet(net: dict, patch: Sequence[int], in_channels: int, num_classes: int, ds: bool) -> int:

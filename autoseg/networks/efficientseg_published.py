@@ -69,7 +69,7 @@ class PyramidStripContext(nn.Module):
         y = self.local(r)
         for f, conv in zip(self.pyramid_factors, self.pyramid):
             k = [min(f, s) for s in size]
-            pooled = F.avg_pool3d(r, kernel_size=k, stride=k, ceil_mode=True)
+            pooled = F.avg_pool3d(r.float(), kernel_size=k, stride=k, ceil_mode=True)  # no bf16 CPU kernel
             y = y + F.interpolate(conv(pooled), size=size, mode="trilinear", align_corners=False)
         return self.fuse_pyramid(y)
 

@@ -54,7 +54,10 @@ class SpatialConfigurationNet(UNet):
 
     def spatial_prior(self, la: torch.Tensor) -> torch.Tensor:
         """Spatial-configuration logits at the appearance output's size."""
-        coarse = F.avg_pool3d(la, kernel_size=self.sc_factor, stride=self.sc_factor, ceil_mode=True)
+        n, c, z, y, x = la.shape
+        fz, fy, fx = self.sc_factor
+        # block means by reshaping (the U-Net makes the size divisible): CPU avg_pool3d has no bf16 kernel
+        coarse = la.reshape(n, c, z // fz, fz, y // fy, fy, x // fx, fx).mean(dim=(3, 5, 7))
         return F.interpolate(self.spatial(coarse), size=la.shape[2:], mode="trilinear", align_corners=False)
 
     def combine(self, la: torch.Tensor) -> torch.Tensor:
