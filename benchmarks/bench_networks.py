@@ -89,7 +89,7 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(ts)
 
 
-def speed(work: Path, repeats: int, networks: list[str]) -> dict:
+def speed(work: Path, repeats: int, networks: list[str], timing: bool = True) -> dict:
     """Per network: parameters, forward FLOPs per patch, inference s/patch (bf16 and fp32, no grad,
     the predictor's path), training step s (bf16 autocast, AdamW, deep supervision), memory."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -116,9 +116,9 @@ def speed(work: Path, repeats: int, networks: list[str]) -> dict:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             net(x1)
         with torch.no_grad():
-            inf32 = _time(lambda: net(x1), repeats)
+            inf32 = _time(lambda: net(x1), repeats) if timing else None
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                inf16 = _time(lambda: net(x1), repeats)
+                inf16 = _time(lambda: net(x1), repeats) if timing else None
             _, inf_peak = peak_tensor_bytes(lambda: net(x1))
         net.train()
         net.deep_supervision = True
@@ -133,7 +133,9 @@ def speed(work: Path, repeats: int, networks: list[str]) -> dict:
             loss.backward()
             opt.step()
 
-        step_bf16 = _time(lambda: step(True), max(1, repeats // 2))
+        step_bf16 = _time(lambda: step(True), max(1, repeats // 2)) if timing else None
+        if not timing:
+            step(False)  # creates AdamW's state, as the timed steps do
         opt.zero_grad(set_to_none=True)
         params = {p.untyped_storage().data_ptr() for p in net.parameters()}
         seen: dict[int, int] = {}
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-timing", action="store_true", help="speed: sizes, FLOPs and memory only")
     ap.add_argument("--patch", default="32,64,64", help="prepare: cap of the planned patch (z,y,x); '' keeps it")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/RESULTS_networks.md"))
     a = ap.parse_args(argv)
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.command == "train":
         train(a.work, a.epochs, a.iters, nets)
     elif a.command == "speed":
-        (a.work / "speed.json").write_text(json.dumps(speed(a.work, a.repeats, nets), indent=1))
+        (a.work / "speed.json").write_text(json.dumps(speed(a.work, a.repeats, nets, not a.no_timing), indent=1))
     elif a.command == "evaluate":
         (a.work / "evaluate.json").write_text(json.dumps(evaluate(a.work, nets), indent=1))
     else:

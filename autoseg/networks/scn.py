@@ -58,7 +58,8 @@ class SpatialConfigurationNet(UNet):
         fz, fy, fx = self.sc_factor
         # block means by reshaping (the U-Net makes the size divisible): CPU avg_pool3d has no bf16 kernel
         coarse = la.reshape(n, c, z // fz, fz, y // fy, fy, x // fx, fx).mean(dim=(3, 5, 7))
-        return F.interpolate(self.spatial(coarse), size=la.shape[2:], mode="trilinear", align_corners=False)
+        # float32: torch 2.13's CPU trilinear backward crashed on this bf16 channels-last map
+        return F.interpolate(self.spatial(coarse).float(), size=la.shape[2:], mode="trilinear", align_corners=False)
 
     def combine(self, la: torch.Tensor) -> torch.Tensor:
         log_prior = F.logsigmoid(self.spatial_prior(la))
