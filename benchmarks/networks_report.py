@@ -91,4 +91,4 @@ def write_report(work: Path, out: Path, cpu: str) -> None:
                   "(`autoseg.evaluation.metrics.dice`), averaged over cases. Training wall time ran under the "
                   "lock too but includes start-up and per-epoch validation. A budget this short ranks how fast "
                   "each network learns, not where it ends.", ""]
-    out.write_text("\n".join(lines))
+    out.write_text("\n".join(lines) + "\n")
