@@ -15,6 +15,7 @@ import numpy as np
 from autoseg import AutosegError
 from autoseg.plans import SCHEMA_VERSION, STAGES, validate_plans
 from autoseg.planners.memory import GIB, estimate_training_bytes
+from autoseg.planners.network_choice import choose_network
 from autoseg.planners.topology import get_topology, total_stride
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ExperimentPlanner:
     refine_min_organs = 3               # a stage with fewer organs gives a small one enough capacity
     refine_max_stages = 1               # each refinement stage costs rounds x a stage's inference
     refine_rounds = 5
+    resenc_presets = True               # False: never choose the residual-encoder presets (planners/network_choice.py)
 
     def __init__(self, fingerprint: dict, gpu_memory_gb: float = 8.0,
                  target_spacing: list[float] | None = None, stages: list[str] | None = None):
@@ -207,10 +209,16 @@ class ExperimentPlanner:
         med = np.median(np.array(ext), axis=0)
         return [max(1, int(round(e / s))) for e, s in zip(med, spacing)]
 
+    def choose_network(self, stage: str) -> tuple[dict, str]:
+        """Network class (plus its extra keys) for ``stage`` and the reason; rules in planners/network_choice.py."""
+        return choose_network(self, stage)
+
     def network(self, stage: str, spacing: list[float], patch: list[int]) -> tuple[dict, list[int]]:
         kind = stage if stage in self.features_start else "tumour"  # refinement: small fine crops, like tumours
-        return get_topology(spacing, patch, self.features_start[kind], self.max_features,
-                            self.max_stages[kind], self.min_feature_map)
+        net, rounded = get_topology(spacing, patch, self.features_start[kind], self.max_features,
+                                    self.max_stages[kind], self.min_feature_map)
+        net.update(self.choose_network(stage)[0])
+        return net, rounded
 
     def estimate_bytes(self, stage: str, net: dict, patch: list[int], batch: int) -> int:
         return estimate_training_bytes(net, patch, batch, 1, self.num_classes(stage),
@@ -274,7 +282,7 @@ class ExperimentPlanner:
         why = dict(why, patch_size=(f"median {stage} crop is {median} voxels; patch {patch} is the largest whose "
                                     f"training step fits --gpu-memory-gb {self.gpu_memory_gb:g} (estimate "
                                     f"{est:.2f} GiB), divisible by the total stride {total_stride(net['strides'])}"),
-                   batch_size=why_bs)
+                   batch_size=why_bs, network=self.choose_network(stage)[1])
         return {"target_spacing": _r(spacing, 4), "patch_size": patch, "batch_size": bs,
                 "classes": self.stage_classes(stage), "network": net, "median_shape": median,
                 "estimated_memory_gb": round(est, 3), "why": why}

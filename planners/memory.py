@@ -85,10 +85,12 @@ def estimate_training_bytes(net: dict, patch_size: Sequence[int], batch_size: in
                             num_classes: int = 2, deep_supervision: bool = True, amp: bool = True,
                             overhead: float = OVERHEAD_FACTOR) -> int:
     """Peak training memory (bytes) of one step: activations x precision x batch x overhead + the
-    weights, gradients and optimizer state."""
-    act = activation_elements(net, patch_size, in_channels, num_classes, deep_supervision)
+    weights, gradients and optimizer state; counted per network class (``planners.network_memory``)."""
+    from autoseg.planners.network_memory import network_activation_elements, network_parameter_count
+
+    act = network_activation_elements(net, patch_size, in_channels, num_classes, deep_supervision)
     elem_bytes = 2 if amp else 4
-    params = parameter_count(net, in_channels, num_classes, deep_supervision)
+    params = network_parameter_count(net, in_channels, num_classes, deep_supervision)
     return int(overhead * act * elem_bytes * batch_size + BYTES_PER_PARAM * params)
 
 

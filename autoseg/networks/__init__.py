@@ -10,13 +10,17 @@ from __future__ import annotations
 from autoseg.networks.base import SegNetwork, count_parameters
 from autoseg.networks.config import NetConfig, parse_config
 from autoseg.networks.efficientseg import EfficientSegNet
+from autoseg.networks.efficientseg_published import EfficientSegNetPublished
 from autoseg.networks.registry import (NETWORKS, build_network, deep_supervision_scales, known_networks,
                                        network_class, register_module_networks, register_network)
+from autoseg.networks.resenc import ResEncUNet
+from autoseg.networks.scn import SpatialConfigurationNet
 from autoseg.networks.unet import UNet
 
 __all__ = ["build_network", "deep_supervision_scales", "register_network", "known_networks", "NETWORKS",
            "network_class", "register_module_networks", "count_parameters", "SegNetwork", "UNet",
-           "EfficientSegNet", "NetConfig", "parse_config"]
+           "EfficientSegNet", "NetConfig", "parse_config", "EfficientSegNetPublished", "ResEncUNet",
+           "SpatialConfigurationNet"]
 
-register_network(UNet)
-register_network(EfficientSegNet)
+for _cls in (UNet, EfficientSegNet, EfficientSegNetPublished, ResEncUNet, SpatialConfigurationNet):
+    register_network(_cls)

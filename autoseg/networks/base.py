@@ -34,7 +34,7 @@ class SegNetwork(nn.Module, metaclass=ABCMeta):
         self.context = nn.ModuleList(self.context_block(i) for i in range(n))
         # decoder index j goes from the deepest skip (level n-2) up to full resolution (level 0)
         levels = list(range(n - 2, -1, -1))
-        self.upsamplers = nn.ModuleList(upsample(f[lv + 1], f[lv], cfg.strides[lv + 1]) for lv in levels)
+        self.upsamplers = nn.ModuleList(self.upsampler(lv) for lv in levels)
         self.decoder = nn.ModuleList(self.decoder_stage(lv) for lv in levels)
         self.seg_heads = nn.ModuleList(SegHead(f[lv], num_classes) for lv in range(cfg.deep_supervision_levels))
         self.apply(init_weights)
@@ -57,6 +57,11 @@ class SegNetwork(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def decoder_stage(self, level: int) -> nn.Module:
         """Block applied after merging at ``level``; must output ``features[level]`` channels."""
+
+    def upsampler(self, level: int) -> nn.Module:
+        """Brings level ``level + 1`` up to ``level``'s size and ``features[level]`` channels."""
+        f = self.cfg.features
+        return upsample(f[level + 1], f[level], self.cfg.strides[level + 1])
 
     def context_block(self, i: int) -> nn.Module:
         """Module applied to encoder stage i's output (identity by default)."""
