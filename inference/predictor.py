@@ -27,6 +27,8 @@ from autoseg.inference.models import StageModel, find_stage_checkpoints, load_st
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
+from autoseg.nnunet.predict import logits_resampler, model_frame, original_frame
+from autoseg.nnunet.preprocessing import nnunet_block, nonzero_box, prepare as nnunet_prepare
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class CascadePredictor:
             for s, m in models.items()}
         if "organ" not in self.stages:
             raise AutosegError(f"no organ model among the stages found ({', '.join(self.stages) or 'none'})")
+        self.nnunet = nnunet_block(self.stages["organ"].config)  # an imported nnU-Net model: its own pipeline
         # As in preprocessing: the organ model was trained on roi crops only if its input says so.
         self.use_roi = (cascade and "roi" in self.stages
                         and self.stages["organ"].config.get("input", "roi_crop") == "roi_crop")
@@ -148,12 +151,14 @@ class CascadePredictor:
         if image.ndim != 3:
             raise AutosegError(f"expected a 3D (z, y, x) image, got shape {image.shape}")
         spacing = [float(s) for s in spacing]
+        if self.nnunet is not None:
+            image, spacing = model_frame(image, spacing, self.nnunet)
         prof = profile or CaseProfile(self.device, enabled=False)
         probs: dict = {}
         with torch.inference_mode():
             with prof.stage("roi"):
                 vol = self._upload(image)
-                body = crop_to_body(image)
+                body = nonzero_box(image) if self.nnunet is not None else crop_to_body(image)
                 box = self._roi_box(vol, spacing, body) if self.use_roi else body
                 # From here on everything lives in the region the later stages can read (the roi box
                 # grown by the tumour margin): the rest of the volume leaves the device.
@@ -173,6 +178,8 @@ class CascadePredictor:
                 del out
                 if self.postprocess and self.rules:
                     labels = apply_postprocessing(labels, {"rules": self.rules}, spacing)
+                if self.nnunet is not None:
+                    labels = original_frame(labels, self.nnunet)
         for d in probs.values():
             d["bbox"] = _shift(d["bbox"], origin, 1)
         return labels, probs
@@ -215,6 +222,8 @@ class CascadePredictor:
     def _prepare(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float]) -> torch.Tensor:
         """Crop the raw volume (before resampling: no work outside the box), resample, normalise."""
         crop = vol[_slices(box)][None]
+        if nnunet_block(sm.config) is not None:
+            return nnunet_prepare(crop, spacing, nnunet_block(sm.config), sm.spacing)
         shape = compute_new_shape(crop.shape[1:], spacing, sm.spacing)
         x = resample_image(crop, shape, anisotropic=needs_anisotropic(spacing, sm.spacing))
         return normalize(x if x.dtype == torch.float32 else x.float(), sm.plans["intensity"])
@@ -287,8 +296,11 @@ class CascadePredictor:
             p = torch.empty((sm.num_classes, *crop_shape), dtype=torch.float16)
             probs[sm.stage] = {"probabilities": p, "bbox": box, "classes": [0] + sm.classes}
         cuda_fast = self.device.type == "cuda" and not self.lean
-        res = SlabArgmaxResampler(net_shape, out, sm.num_classes, torch.float16 if cuda_fast else torch.float32,
-                                  self.budget_bytes, probabilities=p, lut=lut)
+        work = torch.float16 if cuda_fast else torch.float32
+        block = nnunet_block(sm.config)
+        res = (SlabArgmaxResampler(net_shape, out, sm.num_classes, work, self.budget_bytes, probabilities=p, lut=lut)
+               if block is None else
+               logits_resampler(block, sm.spacing, spacing, net_shape, out, sm.num_classes, work, self.budget_bytes, p, lut))
         for z0, z1, slab in iter_sliding_window(
                 sm.network, x, sm.patch_size, sm.num_classes, self.step_size,
                 1 if self.lean else self.windows_per_batch, True, self._mirror_axes(sm), self.amp,

@@ -14,6 +14,7 @@ from autoseg import AutosegError
 from autoseg.networks.base import SegNetwork, count_parameters
 from autoseg.networks.config import NetConfig, parse_config, scales_from_strides
 from autoseg.networks.efficientseg import EfficientSegNet
+from autoseg.networks.nnunet_compat import NnUNetPlainUNet, NnUNetResEncUNet
 from autoseg.networks.unet import UNet
 
 __all__ = ["build_network", "deep_supervision_scales", "register_network", "known_networks", "NETWORKS",
@@ -34,6 +35,8 @@ def register_network(cls: type, name: str | None = None) -> type:
 
 register_network(UNet)
 register_network(EfficientSegNet)
+register_network(NnUNetPlainUNet)
+register_network(NnUNetResEncUNet)
 
 
 def known_networks() -> list[str]:
