@@ -7,9 +7,9 @@ set -euo pipefail
 WORK=${WORK:-bench_work/nnunet_import}
 PEER=${AUTOSEG_BENCH_PEER_VENV:-$HOME/.cache/autoseg-bench/nnunet-venv}
 PY=${PY:-.venv/bin/python}
-EPOCHS=${EPOCHS:-4}
+EPOCHS=${EPOCHS:-2}
 ITERS=${ITERS:-30}
-RESENC_EPOCHS=${RESENC_EPOCHS:-2}
+RESENC_EPOCHS=${RESENC_EPOCHS:-1}
 RESENC_ITERS=${RESENC_ITERS:-20}
 export nnUNet_raw=$WORK/raw nnUNet_preprocessed=$WORK/preprocessed nnUNet_results=$WORK/results
 export nnUNet_extTrainer=benchmarks/peer/trainers PYTHONUNBUFFERED=1 AUTOSEG_BENCH_VAL_ITERS=1 nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-2}

@@ -27,7 +27,7 @@ from autoseg.inference.models import StageModel, find_stage_checkpoints, load_st
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
-from autoseg.nnunet.predict import logits_resampler, model_frame, original_frame
+from autoseg.nnunet.predict import logits_resampler, model_frame, nnunet_gaussian, original_frame
 from autoseg.nnunet.preprocessing import nnunet_block, nonzero_box, prepare as nnunet_prepare
 
 log = logging.getLogger(__name__)
@@ -298,12 +298,15 @@ class CascadePredictor:
         cuda_fast = self.device.type == "cuda" and not self.lean
         work = torch.float16 if cuda_fast else torch.float32
         block = nnunet_block(sm.config)
-        res = (SlabArgmaxResampler(net_shape, out, sm.num_classes, work, self.budget_bytes, probabilities=p, lut=lut)
-               if block is None else
-               logits_resampler(block, sm.spacing, spacing, net_shape, out, sm.num_classes, work, self.budget_bytes, p, lut))
+        if block is None:
+            res = SlabArgmaxResampler(net_shape, out, sm.num_classes, work, self.budget_bytes, probabilities=p, lut=lut)
+        else:  # an imported nnU-Net model: nnU-Net's export rule for this case's spacing
+            res = logits_resampler(block, sm.spacing, spacing, net_shape, out, sm.num_classes, work,
+                                   self.budget_bytes, p, lut)
         for z0, z1, slab in iter_sliding_window(
                 sm.network, x, sm.patch_size, sm.num_classes, self.step_size,
-                1 if self.lean else self.windows_per_batch, True, self._mirror_axes(sm), self.amp,
+                1 if self.lean else self.windows_per_batch, True if block is None else nnunet_gaussian(sm.patch_size),
+                self._mirror_axes(sm), self.amp,
                 torch.float16 if cuda_fast else torch.float32, accumulate_device=host):
             res.push(z0, z1, slab.to(host))
             del slab  # not alive during the next window's forward pass

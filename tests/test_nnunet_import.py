@@ -61,10 +61,12 @@ def nnunet_state_dict(resenc: bool, seed: int = 0) -> dict:
     dec_convs = 1 if resenc else 2
     for d in range(N - 1):
         lv = N - 2 - d
-        sd[f"decoder.transpconvs.{d}.weight"] = torch.randn(FEATS[lv + 1], FEATS[lv], *STRIDES[lv + 1], generator=g) * 0.3
+        sd[f"decoder.transpconvs.{d}.weight"] = 0.3 * torch.randn(FEATS[lv + 1], FEATS[lv], *STRIDES[lv + 1],
+                                                                  generator=g)
         sd[f"decoder.transpconvs.{d}.bias"] = torch.randn(FEATS[lv], generator=g)
         for j in range(dec_convs):
-            _conv(sd, g, f"decoder.stages.{d}.convs.{j}", FEATS[lv], 2 * FEATS[lv] if j == 0 else FEATS[lv], KERNELS[lv])
+            cin = 2 * FEATS[lv] if j == 0 else FEATS[lv]
+            _conv(sd, g, f"decoder.stages.{d}.convs.{j}", FEATS[lv], cin, KERNELS[lv])
         sd[f"decoder.seg_layers.{d}.weight"] = torch.randn(K, FEATS[lv], 1, 1, 1, generator=g)
         sd[f"decoder.seg_layers.{d}.bias"] = torch.randn(K, generator=g)
     for name in [n for n in sd if n.startswith("encoder.")]:
@@ -95,7 +97,8 @@ def nnunet_plans(resenc: bool = False, scheme: str = "CTNormalization", spacing=
             "resampling_fn_data": "resample_data_or_seg_to_shape",
             "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
             "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+            "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
+                                                   "force_separate_z": None},
             "architecture": {"network_class_name": f"dynamic_network_architectures.architectures.unet.{arch}",
                              "arch_kwargs": kw, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}},
     }

@@ -9,6 +9,15 @@ Two translations share the parsing here:
   network is nnU-Net's exactly (``NnUNetPlainUNet`` / ``NnUNetResEncUNet``) and whose stage carries an
   ``nnunet`` block that makes the predictor preprocess and resample as nnU-Net does (see
   ``autoseg.nnunet.preprocessing``).
+
+Keys an imported ``organ`` stage adds (kept by the plans validator as unknown keys are):
+``mirror_axes`` (the checkpoint's ``inference_allowed_mirroring_axes``) and ``nnunet``:
+``configuration``; ``crop`` (``"nonzero"``); ``transpose_forward`` / ``transpose_backward``;
+``normalization`` (``scheme`` = nnU-Net's class name, ``use_mask``, and for CTNormalization ``mean``,
+``std``, ``percentile_00_5``, ``percentile_99_5``); ``resampling_data`` and ``resampling_probabilities``
+(``order``, ``order_z``, ``force_separate_z``, ``anisotropy_threshold``); ``source`` (where it came
+from). The network config adds ``upsample_bias``, ``decoder_convs_per_stage`` and, for ResEnc,
+``blocks_per_stage`` (``autoseg.networks.nnunet_compat``).
 """
 from __future__ import annotations
 
@@ -187,7 +196,8 @@ def _normalisation(nnunet_plans: dict, cfg: dict) -> dict:
         raise AutosegError(f"nnU-Net plans: {len(schemes)} input channels; only single-channel models import")
     scheme = schemes[0]
     if scheme not in SUPPORTED_NORMALISATION:
-        raise AutosegError(f"nnU-Net plans: normalization '{scheme}' is not supported ({', '.join(SUPPORTED_NORMALISATION)})")
+        raise AutosegError(f"nnU-Net plans: normalization '{scheme}' is not supported "
+                           f"({', '.join(SUPPORTED_NORMALISATION)})")
     out = {"scheme": scheme, "use_mask": bool((cfg.get("use_mask_for_norm") or [False])[0])}
     if scheme == "CTNormalization":
         props = (nnunet_plans.get("foreground_intensity_properties_per_channel") or {}).get("0")

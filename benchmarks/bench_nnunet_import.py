@@ -1,0 +1,200 @@
+"""nnU-Net v2.8.1's own models through autoseg's predictor: label agreement with ``nnUNetv2_predict`` and
+speed per case on the CPU, TTA off on both. Writes ``benchmarks/RESULTS_nnunet_import.md``.
+
+Prerequisite (long, untimed, run niced without the lock): ``benchmarks/nnunet_import_train.sh`` trains
+nnU-Net models on the phantom dataset in ``$WORK`` (a PlainConvUNet and a ResEnc). Then, on a quiet
+machine::
+
+    flock /tmp/autoseg-cpu.lock .venv/bin/python -m benchmarks.bench_nnunet_import --work bench_work/nnunet_import
+
+For each model: ``autoseg import_nnunet`` converts it; both predictors run the test images twice, once
+on the first case alone and once on all cases, each a separate command (start-up included). Per case
+with start-up = time(all) / N; steady state per case = (time(all) - time(one)) / (N - 1), which
+removes start-up and model loading from both tools alike. autoseg runs at fp32 (nnU-Net's precision on
+CPU) and at its default (bf16 autocast on CPUs with native bf16). Agreement = fraction of voxels with
+the same label, per case, against nnU-Net's fp32 prediction; DSC against the phantoms' ground truth.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PEER_TRAINER = "nnUNetTrainerAutosegBenchStock"  # trained by benchmarks/nnunet_import_train.sh
+UNTRAINED = "nnUNetTrainer"  # benchmarks/peer/make_nnunet_checkpoint.py: nnU-Net's network, random weights
+MODELS = {"PlainConvUNet": "nnUNetPlansBench", "ResEnc": "nnUNetPlansBenchResEnc"}
+
+
+def _run(cmd: list[str], env: dict, log: Path) -> float:
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=REPO)
+    return time.perf_counter() - t0
+
+
+def _one_case_folder(images: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    first = sorted(images.glob("*_0000.nii.gz"))[0]
+    link = dest / first.name
+    if not link.exists():
+        link.symlink_to(first.resolve())
+    return dest
+
+
+def _labels(path: Path) -> np.ndarray:
+    from autoseg.io import read_image
+
+    return read_image(path)[0]
+
+
+def _mean_dsc(pred: np.ndarray, gt: np.ndarray) -> float:
+    scores = []
+    for c in np.unique(gt[gt > 0]):
+        p, g = pred == c, gt == c
+        scores.append(2 * np.logical_and(p, g).sum() / max(1, p.sum() + g.sum()))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def compare(ours: Path, theirs: Path, gt_dir: Path) -> dict:
+    """Per-case agreement with nnU-Net and DSC of both against the ground truth."""
+    rows = {}
+    for t in sorted(theirs.glob("*.nii.gz")):
+        a, b, g = _labels(ours / t.name), _labels(t), _labels(gt_dir / t.name)
+        rows[t.name] = {"agree": float((a == b).mean()), "dsc_ours": _mean_dsc(a, g), "dsc_theirs": _mean_dsc(b, g),
+                        "voxels": int(a.size)}
+    return rows
+
+
+class Bench:
+    def __init__(self, work: Path, venv: Path, log: Path):
+        self.work, self.venv, self.log = work, venv, log
+        self.raw = work / "raw" / "Dataset501_Phantom"
+        self.images = self.raw / "imagesTs"
+        self.n = len(list(self.images.glob("*_0000.nii.gz")))
+        self.one = _one_case_folder(self.images, work / "one_case")
+        base = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.env_theirs = dict(base, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
+                               nnUNet_results=str(work / "results"),
+                               nnUNet_extTrainer=str(REPO / "benchmarks/peer/trainers"))
+        self.env_ours = dict(base, AUTOSEG_RESULTS=str(work / "autoseg_results"))
+
+    def model_dir(self, plans: str) -> Path | None:
+        """The trained model for these plans, else the untrained one nnU-Net's code built, else None."""
+        for trainer in (PEER_TRAINER, UNTRAINED):
+            d = self.work / "results" / "Dataset501_Phantom" / f"{trainer}__{plans}__3d_fullres"
+            if (d / "fold_all" / "checkpoint_final.pth").is_file():
+                return d
+        return None
+
+    def theirs(self, folder: Path, inp: Path, out: Path) -> float:
+        trainer, plans, _ = folder.name.split("__")
+        cmd = [str(self.venv / "bin" / "nnUNetv2_predict"), "-i", str(inp), "-o", str(out), "-d", "501",
+               "-c", "3d_fullres", "-p", plans, "-tr", trainer, "-f", "all", "-device", "cpu", "--disable_tta"]
+        return _run(cmd, self.env_theirs, self.log)
+
+    def ours(self, name: str, inp: Path, out: Path, precision: str) -> float:
+        cmd = [sys.executable, "-m", "autoseg", "run_inference", "-i", str(inp), "-o", str(out), "-t", "501",
+               "-tr", name, "-f", "all", "--device", "cpu", "--precision", precision, "--profile"]
+        return _run(cmd, self.env_ours, self.log)
+
+    def model(self, label: str, folder: Path) -> dict:
+        name = f"nnUNet_{label}"
+        t_import = _run([sys.executable, "-m", "autoseg", "import_nnunet", str(folder), "-tr", name, "--force"],
+                        self.env_ours, self.log)
+        pred = self.work / "predictions" / label
+        res: dict = {"model_folder": str(folder.relative_to(self.work)), "import_s": t_import, "times": {},
+                     "trained": not folder.name.startswith(UNTRAINED + "__")}
+        runs = [("nnU-Net fp32", lambda i, o: self.theirs(folder, i, o)),
+                ("autoseg fp32", lambda i, o: self.ours(name, i, o, "fp32")),
+                ("autoseg default (bf16)", lambda i, o: self.ours(name, i, o, "auto"))]
+        for tag, fn in runs:  # alternate the tools: one-case runs first, then all cases
+            key = tag.split()[0].lower() + ("_fp32" if "fp32" in tag else "_default")
+            res["times"][tag] = {"one": fn(self.one, pred / f"{key}_one")}
+        for tag, fn in runs:
+            key = tag.split()[0].lower() + ("_fp32" if "fp32" in tag else "_default")
+            res["times"][tag]["all"] = fn(self.images, pred / f"{key}_all")
+        for t in res["times"].values():
+            t["per_case_with_startup"] = t["all"] / self.n
+            t["steady_per_case"] = (t["all"] - t["one"]) / max(1, self.n - 1)
+        gt = self.raw / "labelsTs"
+        res["fp32"] = compare(pred / "autoseg_fp32_all", pred / "nnu-net_fp32_all", gt)
+        res["bf16"] = compare(pred / "autoseg_default_all", pred / "nnu-net_fp32_all", gt)
+        profile = json.loads((pred / "autoseg_fp32_all" / "profile.json").read_text())
+        res["own_timer_fp32"] = {c: p.get("total") for c, p in profile["cases"].items()}
+        return res
+
+
+def render(results: dict, meta: dict) -> str:
+    out = ["# nnU-Net v2.8.1 models through autoseg's predictor (`autoseg import_nnunet`)", ""]
+    out += [f"- **{k}**: {v}" for k, v in meta.items()]
+    out += ["", "## Results", ""]
+    for label, r in results.items():
+        kind = "trained by nnU-Net" if r["trained"] else "untrained: nnU-Net's network with random weights and biases"
+        out += [f"### {label} (`{r['model_folder']}`, {kind})", "",
+                f"import: {r['import_s']:.1f} s (command, start-up included)", "",
+                "| predictor | command, 1 case (s) | command, all cases (s) | per case incl. start-up (s) "
+                "| steady state per case (s) | nnU-Net / this, steady state |", "|---|---|---|---|---|---|"]
+        ref = r["times"]["nnU-Net fp32"]["steady_per_case"]
+        for tag, t in r["times"].items():
+            out.append(f"| {tag} | {t['one']:.1f} | {t['all']:.1f} | {t['per_case_with_startup']:.2f} | "
+                       f"{t['steady_per_case']:.2f} | {ref / t['steady_per_case']:.2f}x |")
+        out += ["", "| case | voxels | agreement fp32 vs nnU-Net | agreement bf16 vs nnU-Net | mean DSC nnU-Net "
+                "| mean DSC autoseg fp32 | mean DSC autoseg bf16 |", "|---|---|---|---|---|---|---|"]
+        for case in r["fp32"]:
+            a, b = r["fp32"][case], r["bf16"][case]
+            out.append(f"| {case} | {a['voxels']:,} | {100 * a['agree']:.3f} % | {100 * b['agree']:.3f} % | "
+                       f"{a['dsc_theirs']:.3f} | {a['dsc_ours']:.3f} | {b['dsc_ours']:.3f} |")
+        tot = sum(a["voxels"] for a in r["fp32"].values())
+        for prec in ("fp32", "bf16"):
+            agree = sum(a["agree"] * a["voxels"] for a in r[prec].values()) / tot
+            out.append(f"| **all ({prec})** | {tot:,} | {100 * agree:.3f} % | | | | |" if prec == "fp32" else
+                       f"| **all ({prec})** | {tot:,} | | {100 * agree:.3f} % | | | |")
+        out += ["", f"autoseg's own per-case timer (fp32, excl. start-up, read and write included): "
+                    f"{', '.join(f'{c} {s:.2f} s' for c, s in r['own_timer_fp32'].items())}", ""]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.peer_env import default_venv
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=REPO / "bench_work" / "nnunet_import")
+    ap.add_argument("--venv", type=Path, default=default_venv())
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "RESULTS_nnunet_import.md")
+    args = ap.parse_args(argv)
+    work = args.work.resolve()
+    log = work / "bench_nnunet_import.log"
+    bench = Bench(work, args.venv, log)
+    load0 = os.getloadavg()
+    t0 = time.time()
+    found = {m: bench.model_dir(MODELS[m]) for m in args.models}
+    results = {m: bench.model(m, d) for m, d in found.items() if d is not None}
+    (work / "bench_nnunet_import.json").write_text(json.dumps(results, indent=2))
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                     cwd=REPO).stdout.strip(),
+            "load average (1/5/15 min)": f"{load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f} at the start, "
+                                         f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())} at the end",
+            "wall time": f"{time.time() - t0:.0f} s", "test cases": str(bench.n),
+            "regenerate": "`flock /tmp/autoseg-cpu.lock .venv/bin/python -m benchmarks.bench_nnunet_import` "
+                          "after `nice -n 19 bash benchmarks/nnunet_import_train.sh`"}
+    args.output.write_text(render(results, meta))
+    print(args.output.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
