@@ -43,12 +43,14 @@ def _run(cmd: list[str], env: dict, log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _one_case_folder(images: Path, dest: Path) -> Path:
+def _case_folder(images: Path, dest: Path, n: int) -> Path:
+    """``dest`` holding links to the first ``n`` test images (and nothing else)."""
+    if dest.is_dir():
+        for old in dest.iterdir():
+            old.unlink()
     dest.mkdir(parents=True, exist_ok=True)
-    first = sorted(images.glob("*_0000.nii.gz"))[0]
-    link = dest / first.name
-    if not link.exists():
-        link.symlink_to(first.resolve())
+    for img in sorted(images.glob("*_0000.nii.gz"))[:n]:
+        (dest / img.name).symlink_to(img.resolve())
     return dest
 
 
@@ -77,12 +79,12 @@ def compare(ours: Path, theirs: Path, gt_dir: Path) -> dict:
 
 
 class Bench:
-    def __init__(self, work: Path, venv: Path, log: Path):
-        self.work, self.venv, self.log = work, venv, log
+    def __init__(self, work: Path, venv: Path, log: Path, cases: int, timing_models: list[str]):
+        self.work, self.venv, self.log, self.timing_models = work, venv, log, timing_models
         self.raw = work / "raw" / "Dataset501_Phantom"
-        self.images = self.raw / "imagesTs"
+        self.images = _case_folder(self.raw / "imagesTs", work / "test_cases", cases)
         self.n = len(list(self.images.glob("*_0000.nii.gz")))
-        self.one = _one_case_folder(self.images, work / "one_case")
+        self.one = _case_folder(self.images, work / "one_case", 1)
         base = dict(os.environ, PYTHONUNBUFFERED="1")
         self.env_theirs = dict(base, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                                nnUNet_results=str(work / "results"),
@@ -109,6 +111,7 @@ class Bench:
         return _run(cmd, self.env_ours, self.log)
 
     def model(self, label: str, folder: Path) -> dict:
+        start = (datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M UTC"), os.getloadavg()[0])
         name = f"nnUNet_{label}"
         t_import = _run([sys.executable, "-m", "autoseg", "import_nnunet", str(folder), "-tr", name, "--force"],
                         self.env_ours, self.log)
@@ -118,20 +121,24 @@ class Bench:
         runs = [("nnU-Net fp32", lambda i, o: self.theirs(folder, i, o)),
                 ("autoseg fp32", lambda i, o: self.ours(name, i, o, "fp32")),
                 ("autoseg default (bf16)", lambda i, o: self.ours(name, i, o, "auto"))]
-        for tag, fn in runs:  # alternate the tools: one-case runs first, then all cases
+        timed = label in self.timing_models
+        for tag, fn in runs if timed else []:  # alternate the tools: one-case runs first, then all cases
             key = tag.split()[0].lower() + ("_fp32" if "fp32" in tag else "_default")
             res["times"][tag] = {"one": fn(self.one, pred / f"{key}_one")}
         for tag, fn in runs:
             key = tag.split()[0].lower() + ("_fp32" if "fp32" in tag else "_default")
-            res["times"][tag]["all"] = fn(self.images, pred / f"{key}_all")
+            res["times"].setdefault(tag, {})["all"] = fn(self.images, pred / f"{key}_all")
         for t in res["times"].values():
             t["per_case_with_startup"] = t["all"] / self.n
-            t["steady_per_case"] = (t["all"] - t["one"]) / max(1, self.n - 1)
+            if "one" in t:
+                t["steady_per_case"] = (t["all"] - t["one"]) / max(1, self.n - 1)
         gt = self.raw / "labelsTs"
         res["fp32"] = compare(pred / "autoseg_fp32_all", pred / "nnu-net_fp32_all", gt)
         res["bf16"] = compare(pred / "autoseg_default_all", pred / "nnu-net_fp32_all", gt)
         profile = json.loads((pred / "autoseg_fp32_all" / "profile.json").read_text())
         res["own_timer_fp32"] = {c: p.get("total") for c, p in profile["cases"].items()}
+        res["measured"] = (f"{start[0]} to {datetime.datetime.now(datetime.timezone.utc).strftime('%H:%M UTC')}, "
+                           f"1-min load average {start[1]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
         return res
 
 
@@ -142,11 +149,14 @@ def render(results: dict, meta: dict) -> str:
     for label, r in results.items():
         kind = "trained by nnU-Net" if r["trained"] else "untrained: nnU-Net's network with random weights and biases"
         out += [f"### {label} (`{r['model_folder']}`, {kind})", "",
-                f"import: {r['import_s']:.1f} s (command, start-up included)", "",
+                f"measured {r['measured']}; import: {r['import_s']:.1f} s (command, start-up included)", "",
                 "| predictor | command, 1 case (s) | command, all cases (s) | per case incl. start-up (s) "
                 "| steady state per case (s) | nnU-Net / this, steady state |", "|---|---|---|---|---|---|"]
-        ref = r["times"]["nnU-Net fp32"]["steady_per_case"]
+        ref = r["times"]["nnU-Net fp32"].get("steady_per_case")
         for tag, t in r["times"].items():
+            if ref is None:
+                out.append(f"| {tag} | not run | {t['all']:.1f} | {t['per_case_with_startup']:.2f} | not measured | |")
+                continue
             out.append(f"| {tag} | {t['one']:.1f} | {t['all']:.1f} | {t['per_case_with_startup']:.2f} | "
                        f"{t['steady_per_case']:.2f} | {ref / t['steady_per_case']:.2f}x |")
         out += ["", "| case | voxels | agreement fp32 vs nnU-Net | agreement bf16 vs nnU-Net | mean DSC nnU-Net "
@@ -172,16 +182,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "bench_work" / "nnunet_import")
     ap.add_argument("--venv", type=Path, default=default_venv())
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--timing-models", nargs="*", default=["PlainConvUNet"], choices=list(MODELS),
+                    help="models also run on one case alone, for the steady-state per-case time")
+    ap.add_argument("--cases", type=int, default=3, help="test images used (the first N)")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "RESULTS_nnunet_import.md")
     args = ap.parse_args(argv)
     work = args.work.resolve()
     log = work / "bench_nnunet_import.log"
-    bench = Bench(work, args.venv, log)
+    bench = Bench(work, args.venv, log, args.cases, args.timing_models)
     load0 = os.getloadavg()
     t0 = time.time()
     found = {m: bench.model_dir(MODELS[m]) for m in args.models}
     results = {m: bench.model(m, d) for m, d in found.items() if d is not None}
-    (work / "bench_nnunet_import.json").write_text(json.dumps(results, indent=2))
+    old = work / "bench_nnunet_import.json"
+    if old.is_file():  # models measured by an earlier run (--models) stay in the report
+        results = {**json.loads(old.read_text()), **results}
+    old.write_text(json.dumps(results, indent=2))
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

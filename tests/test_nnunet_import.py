@@ -218,9 +218,12 @@ def test_import_refuses_what_it_cannot_reproduce(tmp_path):
         import_nnunet(folder, results=tmp_path / "res")
     # an autoseg-trained model of the same name is not overwritten by accident
     folder = make_model_folder(tmp_path / "nn2")
+    for stage in ("roi", "organ"):
+        (tmp_path / "res" / "Dataset990_Tiny" / stage / "Trainer" / "fold_0").mkdir(parents=True)
+        with pytest.raises(AutosegError, match=f"{stage}/Trainer: holds an autoseg-trained model"):
+            import_nnunet(folder, results=tmp_path / "res")
+        (tmp_path / "res" / "Dataset990_Tiny" / stage / "Trainer" / "fold_0").rmdir()
     (tmp_path / "res" / "Dataset990_Tiny" / "organ" / "Trainer" / "fold_0").mkdir(parents=True)
-    with pytest.raises(AutosegError, match="autoseg-trained model"):
-        import_nnunet(folder, results=tmp_path / "res")
     assert import_nnunet(folder, results=tmp_path / "res", trainer_name="FromNnUNet").name == "FromNnUNet"
 
 
@@ -330,3 +333,29 @@ def test_run_inference_on_an_imported_model(tmp_path):
     expect = up.argmax(0).numpy()
     agree = (lab[1:9, 3:27, 2:26] == expect).mean()
     assert agree > 0.995, agree
+
+
+def test_transpose_forward_is_applied_and_undone(tmp_path):
+    """A model planned with transpose_forward [0, 2, 1] sees the image in that axis order; its labels
+    come back in the input's order (= the identity model on the transposed image, transposed back)."""
+    from autoseg.inference.models import find_stage_checkpoints
+    from autoseg.inference.predictor import CascadePredictor
+    from autoseg.nnunet.importer import import_nnunet
+
+    folder = make_model_folder(tmp_path / "nn", patch=(16, 16, 16))
+    import_nnunet(folder, results=tmp_path / "res", trainer_name="Plain")
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["transpose_forward"] = plans["transpose_backward"] = [0, 2, 1]
+    (folder / "plans.json").write_text(json.dumps(plans))
+    import_nnunet(folder, results=tmp_path / "res", trainer_name="Transposed")
+    z, y, x = np.meshgrid(np.arange(8), np.arange(20), np.arange(14), indexing="ij")
+    img = (300 * np.sin(0.5 * z + 0.3 * y) * np.cos(0.2 * x) + 10 * y - 101.5).astype(np.float32)
+
+    def predictor(name):
+        return CascadePredictor(find_stage_checkpoints(990, name, results=tmp_path / "res"), device="cpu",
+                                precision="fp32")
+
+    got = predictor("Transposed").predict_array(img, [3.0, 1.0, 1.2])
+    want = predictor("Plain").predict_array(np.ascontiguousarray(img.transpose(0, 2, 1)), [3.0, 1.2, 1.0])
+    assert got.shape == img.shape and np.array_equal(got, want.transpose(0, 2, 1))
+    assert len(np.unique(got)) > 1

@@ -21,7 +21,7 @@ import torch
 
 from autoseg import AutosegError
 from autoseg.paths import results_root
-from autoseg.plans import num_outputs
+from autoseg.plans import STAGES, num_outputs
 from autoseg.utils import atomic_path, load_json, save_json
 from autoseg.nnunet.checkpoint import convert_state_dict, load_nnunet_checkpoint
 from autoseg.nnunet.plans import imported_plans
@@ -87,9 +87,14 @@ def convert_fold(ckpt: dict, plans: dict, path: Path) -> dict[str, torch.Tensor]
 
 
 def _check_destination(dest: Path, force: bool) -> None:
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / IMPORT_RECORD).is_file() and not force:
-        raise AutosegError(f"{dest}: holds an autoseg-trained model; choose another name with -tr "
-                           "(then run_inference -tr NAME) or pass --force to replace it")
+    """Refuse to mix with or overwrite an autoseg-trained model of that trainer name (any stage: the
+    predictor would load its roi/tumour models beside the imported organ model)."""
+    if force:
+        return
+    for stage_dir in (dest.parent.parent / s / dest.name for s in STAGES):
+        if stage_dir.is_dir() and any(stage_dir.iterdir()) and not (stage_dir / IMPORT_RECORD).is_file():
+            raise AutosegError(f"{stage_dir}: holds an autoseg-trained model; choose another name with -tr "
+                               "(then run_inference -tr NAME) or pass --force to replace it")
 
 
 def import_nnunet(model_folder: str | os.PathLike, results: str | os.PathLike | None = None,

@@ -74,17 +74,10 @@ class nnUNetTrainerAutosegBenchFast(nnUNetTrainerAutosegBench):
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
 
-class nnUNetTrainerAutosegBenchStock(nnUNetTrainerAutosegBench):
+class nnUNetTrainerAutosegBenchStock(nnUNetTrainerAutosegBenchFast):
     """The short-schedule recipe of ``nnUNetTrainerAutosegBenchFast`` with nnU-Net's network untouched:
     every bias trains, the transposed convolutions' included. Its checkpoints are what a stock nnU-Net
     training leaves behind, so ``autoseg import_nnunet`` is measured on them (benchmarks/bench_nnunet_import.py)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 3e-3
-        self.weight_decay = 1e-4
-        self.oversample_foreground_percent = 0.5
 
     def configure_optimizers(self):
         from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
