@@ -68,6 +68,39 @@ def _mean_dsc(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def step_differences(ref_dir: Path, image: Path, stage_model) -> dict:
+    """autoseg's steps against nnU-Net's (peer/nnunet_reference.py) on one image, all fp32: the
+    preprocessed input, the network on one patch, the Gaussian-weighted sliding window."""
+    import torch
+
+    from autoseg.inference.sliding_window import predict_sliding_window
+    from autoseg.io import read_image
+    from autoseg.nnunet.predict import nnunet_gaussian
+    from autoseg.nnunet.preprocessing import nnunet_block, nonzero_box, prepare
+
+    img, geom = read_image(image)
+    block = nnunet_block(stage_model.config)
+    box = nonzero_box(img)
+    crop = torch.from_numpy(np.ascontiguousarray(img[tuple(slice(a, b) for a, b in box)]))[None]
+    x = prepare(crop, geom.spacing, block, stage_model.spacing)
+    data = np.load(ref_dir / "data.npy")
+    ref_patch = np.load(ref_dir / "patch_logits.npy")
+    ref_patch = ref_patch[0] if ref_patch.ndim == 6 else ref_patch  # deep supervision: full resolution first
+    p = [min(a, b) for a, b in zip(stage_model.patch_size, data.shape[1:])]
+    with torch.no_grad():
+        patch = stage_model.network(torch.from_numpy(np.ascontiguousarray(data[:, :p[0], :p[1], :p[2]]))[None])
+        full = predict_sliding_window(stage_model.network, torch.from_numpy(data), stage_model.patch_size,
+                                      stage_model.num_classes, 0.5, 1, nnunet_gaussian(stage_model.patch_size),
+                                      None, False)
+    ref_full = np.load(ref_dir / "logits.npy")
+    return {"input_max_abs": float(np.abs(x.numpy() - data).max()), "input_max": float(np.abs(data).max()),
+            "patch_logits_max_abs": float(np.abs(patch.numpy() - ref_patch).max()),
+            "patch_logits_max": float(np.abs(ref_patch).max()),
+            "window_logits_mean_abs": float(np.abs(full.numpy() - ref_full).mean()),
+            "window_logits_max_abs": float(np.abs(full.numpy() - ref_full).max()),
+            "window_argmax_agree": float((full.numpy().argmax(0) == ref_full.argmax(0)).mean())}
+
+
 def compare(ours: Path, theirs: Path, gt_dir: Path) -> dict:
     """Per-case agreement with nnU-Net and DSC of both against the ground truth."""
     rows = {}
@@ -137,6 +170,16 @@ class Bench:
         res["bf16"] = compare(pred / "autoseg_default_all", pred / "nnu-net_fp32_all", gt)
         profile = json.loads((pred / "autoseg_fp32_all" / "profile.json").read_text())
         res["own_timer_fp32"] = {c: p.get("total") for c, p in profile["cases"].items()}
+        first = sorted(self.images.glob("*_0000.nii.gz"))[0]
+        ref_dir = self.work / "reference" / label
+        _run([str(self.venv / "bin" / "python"), str(REPO / "benchmarks/peer/nnunet_reference.py"), str(folder),
+              str(first), str(ref_dir)], self.env_theirs, self.log)
+        from autoseg.inference.models import find_stage_checkpoints, load_stage_model
+        import torch
+
+        ckpts = find_stage_checkpoints(501, name, results=self.work / "autoseg_results")["organ"]
+        res["steps"] = {"case": first.name, **step_differences(ref_dir, first,
+                                                               load_stage_model("organ", ckpts, torch.device("cpu")))}
         res["measured"] = (f"{start[0]} to {datetime.datetime.now(datetime.timezone.utc).strftime('%H:%M UTC')}, "
                            f"1-min load average {start[1]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
         return res
@@ -170,6 +213,15 @@ def render(results: dict, meta: dict) -> str:
             agree = sum(a["agree"] * a["voxels"] for a in r[prec].values()) / tot
             out.append(f"| **all ({prec})** | {tot:,} | {100 * agree:.3f} % | | | | |" if prec == "fp32" else
                        f"| **all ({prec})** | {tot:,} | | {100 * agree:.3f} % | | | |")
+        st = r.get("steps")
+        if st:
+            out += ["", f"Step by step on {st['case']}, fp32, against nnU-Net's own intermediate results "
+                        "(`benchmarks/peer/nnunet_reference.py`): preprocessed input max |diff| "
+                        f"{st['input_max_abs']:.2e} (values up to {st['input_max']:.1f}); network on one patch max "
+                        f"|logit diff| {st['patch_logits_max_abs']:.2e} (logits up to {st['patch_logits_max']:.1f}); "
+                        f"sliding window mean |logit diff| {st['window_logits_mean_abs']:.2e}, max "
+                        f"{st['window_logits_max_abs']:.2e} (nnU-Net accumulates windows in float16), argmax "
+                        f"agreement on the network grid {100 * st['window_argmax_agree']:.3f} %."]
         out += ["", f"autoseg's own per-case timer (fp32, excl. start-up, read and write included): "
                     f"{', '.join(f'{c} {s:.2f} s' for c, s in r['own_timer_fp32'].items())}", ""]
     return "\n".join(out) + "\n"
