@@ -188,7 +188,22 @@ class Bench:
 def render(results: dict, meta: dict) -> str:
     out = ["# nnU-Net v2.8.1 models through autoseg's predictor (`autoseg import_nnunet`)", ""]
     out += [f"- **{k}**: {v}" for k, v in meta.items()]
-    out += ["", "## Results", ""]
+    out += ["", "## What is compared", "",
+            "- The same nnU-Net v2.8.1 model folder, predicted by `nnUNetv2_predict -device cpu --disable_tta` "
+            "(its defaults otherwise: fp32, step 0.5, Gaussian weighting, 3 preprocessing + 3 export worker "
+            "processes) and, after `autoseg import_nnunet`, by `autoseg run_inference --device cpu` (TTA off by "
+            "default, step 0.5) at `--precision fp32` and at its default (bf16 autocast on this CPU, which has "
+            "AVX512-BF16).",
+            "- Every prediction is a separate command on the same input folder; times are whole-command wall "
+            "times, so model loading and start-up are in. *Per case incl. start-up* = all-cases time / cases. "
+            "*Steady state per case* = (all-cases time - one-case time) / (cases - 1): start-up and loading "
+            "cancel, for both tools alike.",
+            "- Agreement: fraction of voxels with the same label as nnU-Net's fp32 prediction, per case and over "
+            "all voxels. DSC: mean over the labels present in the phantom's ground truth.",
+            "- Timings ran under `flock /tmp/autoseg-cpu.lock`; the machine is shared (2 cores) and other "
+            "work outside the lock may have run (load averages are given): compare only the ratios, which "
+            "were measured side by side.",
+            "", "## Results", ""]
     for label, r in results.items():
         kind = "trained by nnU-Net" if r["trained"] else "untrained: nnU-Net's network with random weights and biases"
         out += [f"### {label} (`{r['model_folder']}`, {kind})", "",
