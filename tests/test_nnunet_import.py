@@ -100,7 +100,8 @@ def nnunet_plans(resenc: bool = False, scheme: str = "CTNormalization", spacing=
             "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
                                                    "force_separate_z": None},
             "architecture": {"network_class_name": f"dynamic_network_architectures.architectures.unet.{arch}",
-                             "arch_kwargs": kw, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}},
+                             "arch_kwargs": kw,
+                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}}},
     }
 
 
@@ -359,3 +360,13 @@ def test_transpose_forward_is_applied_and_undone(tmp_path):
     want = predictor("Plain").predict_array(np.ascontiguousarray(img.transpose(0, 2, 1)), [3.0, 1.2, 1.0])
     assert got.shape == img.shape and np.array_equal(got, want.transpose(0, 2, 1))
     assert len(np.unique(got)) > 1
+
+
+def test_window_weights_are_nnunets():
+    """nnU-Net v2.8.1 compute_gaussian((8, 16, 16), 1/8, value_scaling_factor=10) in float16: sum, minimum, probes."""
+    from autoseg.nnunet.predict import nnunet_gaussian
+
+    g = nnunet_gaussian([8, 16, 16])
+    assert float(g.sum()) == pytest.approx(629.7806396484375, rel=1e-6)
+    assert float(g.min()) == pytest.approx(5.960464477539063e-08) and float(g[0, 0, 0]) == float(g.min())
+    assert float(g[4, 8, 8]) == 10.0 and float(g[3, 5, 9]) == 1.7373046875
