@@ -60,12 +60,13 @@ def _labels(path: Path) -> np.ndarray:
     return read_image(path)[0]
 
 
-def _mean_dsc(pred: np.ndarray, gt: np.ndarray) -> float:
-    scores = []
+def _dsc(pred: np.ndarray, gt: np.ndarray) -> dict[int, float]:
+    """DSC per label present in the ground truth."""
+    out = {}
     for c in np.unique(gt[gt > 0]):
         p, g = pred == c, gt == c
-        scores.append(2 * np.logical_and(p, g).sum() / max(1, p.sum() + g.sum()))
-    return float(np.mean(scores)) if scores else float("nan")
+        out[int(c)] = float(2 * np.logical_and(p, g).sum() / max(1, p.sum() + g.sum()))
+    return out
 
 
 def step_differences(ref_dir: Path, image: Path, stage_model) -> dict:
@@ -106,8 +107,10 @@ def compare(ours: Path, theirs: Path, gt_dir: Path) -> dict:
     rows = {}
     for t in sorted(theirs.glob("*.nii.gz")):
         a, b, g = _labels(ours / t.name), _labels(t), _labels(gt_dir / t.name)
-        rows[t.name] = {"agree": float((a == b).mean()), "dsc_ours": _mean_dsc(a, g), "dsc_theirs": _mean_dsc(b, g),
-                        "voxels": int(a.size)}
+        da, db = _dsc(a, g), _dsc(b, g)
+        rows[t.name] = {"agree": float((a == b).mean()), "dsc_ours": float(np.mean(list(da.values()))),
+                        "dsc_theirs": float(np.mean(list(db.values()))), "liver_ours": da.get(1, float("nan")),
+                        "liver_theirs": db.get(1, float("nan")), "voxels": int(a.size)}
     return rows
 
 
@@ -217,17 +220,17 @@ def render(results: dict, meta: dict) -> str:
                 continue
             out.append(f"| {tag} | {t['one']:.1f} | {t['all']:.1f} | {t['per_case_with_startup']:.2f} | "
                        f"{t['steady_per_case']:.2f} | {ref / t['steady_per_case']:.2f}x |")
-        out += ["", "| case | voxels | agreement fp32 vs nnU-Net | agreement bf16 vs nnU-Net | mean DSC nnU-Net "
-                "| mean DSC autoseg fp32 | mean DSC autoseg bf16 |", "|---|---|---|---|---|---|---|"]
+        out += ["", "| case | voxels | agreement fp32 vs nnU-Net | agreement bf16 vs nnU-Net | mean DSC nnU-Net / "
+                "autoseg fp32 / bf16 | liver DSC nnU-Net / autoseg fp32 / bf16 |", "|---|---|---|---|---|---|"]
         for case in r["fp32"]:
             a, b = r["fp32"][case], r["bf16"][case]
-            out.append(f"| {case} | {a['voxels']:,} | {100 * a['agree']:.3f} % | {100 * b['agree']:.3f} % | "
-                       f"{a['dsc_theirs']:.3f} | {a['dsc_ours']:.3f} | {b['dsc_ours']:.3f} |")
+            out.append(f"| {case} | {a['voxels']:,} | {100 * a['agree']:.4f} % | {100 * b['agree']:.4f} % | "
+                       f"{a['dsc_theirs']:.3f} / {a['dsc_ours']:.3f} / {b['dsc_ours']:.3f} | "
+                       f"{a.get('liver_theirs', float('nan')):.3f} / {a.get('liver_ours', float('nan')):.3f} / "
+                       f"{b.get('liver_ours', float('nan')):.3f} |")
         tot = sum(a["voxels"] for a in r["fp32"].values())
-        for prec in ("fp32", "bf16"):
-            agree = sum(a["agree"] * a["voxels"] for a in r[prec].values()) / tot
-            out.append(f"| **all ({prec})** | {tot:,} | {100 * agree:.3f} % | | | | |" if prec == "fp32" else
-                       f"| **all ({prec})** | {tot:,} | | {100 * agree:.3f} % | | | |")
+        agree = {p: 100 * sum(a["agree"] * a["voxels"] for a in r[p].values()) / tot for p in ("fp32", "bf16")}
+        out.append(f"| **all voxels** | {tot:,} | {agree['fp32']:.4f} % | {agree['bf16']:.4f} % | | |")
         st = r.get("steps")
         if st:
             out += ["", f"Step by step on {st['case']}, fp32, against nnU-Net's own intermediate results "
@@ -242,6 +245,27 @@ def render(results: dict, meta: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_saved(work: Path, output: Path) -> int:
+    """The report from bench_nnunet_import.json and the prediction folders a full run left."""
+    saved = json.loads((work / "bench_nnunet_import.json").read_text())
+    meta_file = work / "bench_nnunet_import_meta.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+    else:  # a report written before the meta file existed: its header lines
+        lines = [ln[4:].split("**: ", 1) for ln in output.read_text().splitlines() if ln.startswith("- **")]
+        meta = {k: v for k, v in lines if k in ("date", "machine", "commit", "load average (1/5/15 min)",
+                                                  "wall time", "test cases", "regenerate")}
+    gt = work / "raw" / "Dataset501_Phantom" / "labelsTs"
+    for label, r in saved.items():
+        pred = work / "predictions" / label
+        r["fp32"] = compare(pred / "autoseg_fp32_all", pred / "nnu-net_fp32_all", gt)
+        r["bf16"] = compare(pred / "autoseg_default_all", pred / "nnu-net_fp32_all", gt)
+    (work / "bench_nnunet_import.json").write_text(json.dumps(saved, indent=2))
+    output.write_text(render(saved, meta))
+    print(output.read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.peer_env import default_venv
 
@@ -253,8 +277,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="models also run on one case alone, for the steady-state per-case time")
     ap.add_argument("--cases", type=int, default=3, help="test images used (the first N)")
     ap.add_argument("--output", type=Path, default=REPO / "benchmarks" / "RESULTS_nnunet_import.md")
+    ap.add_argument("--render-only", action="store_true",
+                    help="recompute agreement/DSC from the saved predictions and rewrite the report (no runs)")
     args = ap.parse_args(argv)
     work = args.work.resolve()
+    if args.render_only:
+        return render_saved(work, args.output)
     log = work / "bench_nnunet_import.log"
     bench = Bench(work, args.venv, log, args.cases, args.timing_models)
     load0 = os.getloadavg()
@@ -274,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall time": f"{time.time() - t0:.0f} s", "test cases": str(bench.n),
             "regenerate": "`flock /tmp/autoseg-cpu.lock .venv/bin/python -m benchmarks.bench_nnunet_import` "
                           "after `nice -n 19 bash benchmarks/nnunet_import_train.sh`"}
+    (work / "bench_nnunet_import_meta.json").write_text(json.dumps(meta, indent=2))
     args.output.write_text(render(results, meta))
     print(args.output.read_text())
     return 0
