@@ -32,6 +32,8 @@ from autoseg.inference.refinement import refine_stage
 from autoseg.inference.scope import in_scope
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
 from autoseg.stage_graph import BODY, crop_labels, dependencies, is_localiser, stage_input
+from autoseg.nnunet.predict import logits_resampler, model_frame, nnunet_gaussian, original_frame
+from autoseg.nnunet.preprocessing import nnunet_block, nonzero_box, prepare as nnunet_prepare
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,8 @@ class CascadePredictor:
         self.labellers = [s for s in self.order if not is_localiser(self.stages[s].plans, s)]
         if not self.labellers:
             raise AutosegError(f"no stage that predicts labels among the stages found ({', '.join(self.stages) or 'none'})")
+        # an imported nnU-Net model: its own preprocessing and frame (one labelling stage)
+        self.nnunet = nnunet_block(self.stages[self.labellers[0]].config)
         check_stage_origins({s: (sm.plans, sm.checkpoints[0] if sm.checkpoints else s)
                              for s, sm in self.stages.items()}, dataset)
         # Localiser stages (classes 'foreground': roi) only give boxes; --no-cascade skips them.
@@ -182,14 +186,16 @@ class CascadePredictor:
         if image.ndim != 3:
             raise AutosegError(f"expected a 3D (z, y, x) image, got shape {image.shape}")
         spacing = [float(s) for s in spacing]
-        if not in_scope(image, spacing, name, self.stages["organ"]):
+        if not in_scope(image, spacing, name, self.stages[self.labellers[0]]):
             return np.zeros(image.shape, np.uint8 if self.label_dtype == torch.uint8 else np.int16), {}
+        if self.nnunet is not None:
+            image, spacing = model_frame(image, spacing, self.nnunet)
         prof = profile or CaseProfile(self.device, enabled=False)
         probs: dict = {}
         with torch.inference_mode():
             with prof.stage("roi"):  # upload, body crop and every localiser stage
                 vol = self._upload(image)
-                body = crop_to_body(image)
+                body = nonzero_box(image) if self.nnunet is not None else crop_to_body(image)
                 found = {s: self._localise(self.stages[s], vol, spacing, body)
                          for s in self.order if s not in self.labellers and self.use_roi}
                 base = {s: self._base_box(s, found, body, spacing, image.shape) for s in self.labellers}
@@ -226,6 +232,8 @@ class CascadePredictor:
                 del out
                 if self.postprocess and self.rules:
                     labels = apply_postprocessing(labels, {"rules": self.rules}, spacing)
+                if self.nnunet is not None:
+                    labels = original_frame(labels, self.nnunet)
         for d in probs.values():
             d["bbox"] = _shift(d["bbox"], origin, 1)
         return labels, probs
@@ -315,6 +323,8 @@ class CascadePredictor:
         """Crop the raw volume (before resampling: no work outside the box), resample, normalise;
         ``saliency`` (C, *box shape), resampled alike, is appended as extra channels."""
         crop = vol[_slices(box)][None]
+        if nnunet_block(sm.config) is not None:
+            return nnunet_prepare(crop, spacing, nnunet_block(sm.config), sm.spacing)
         shape = compute_new_shape(crop.shape[1:], spacing, sm.spacing)
         aniso = needs_anisotropic(spacing, sm.spacing)
         x = resample_image(crop, shape, anisotropic=aniso)
@@ -390,11 +400,17 @@ class CascadePredictor:
             p = torch.empty((sm.num_classes, *crop_shape), dtype=torch.float16)
             probs[sm.stage] = {"probabilities": p, "bbox": box, "classes": [0] + sm.classes}
         cuda_fast = self.device.type == "cuda" and not self.lean
-        res = SlabArgmaxResampler(net_shape, out, sm.num_classes, torch.float16 if cuda_fast else torch.float32,
-                                  self.budget_bytes, probabilities=p, lut=lut)
+        work = torch.float16 if cuda_fast else torch.float32
+        block = nnunet_block(sm.config)
+        if block is None:
+            res = SlabArgmaxResampler(net_shape, out, sm.num_classes, work, self.budget_bytes, probabilities=p, lut=lut)
+        else:  # an imported nnU-Net model: nnU-Net's export rule for this case's spacing
+            res = logits_resampler(block, sm.spacing, spacing, net_shape, out, sm.num_classes, work,
+                                   self.budget_bytes, p, lut)
         for z0, z1, slab in iter_sliding_window(
                 sm.network, x, sm.patch_size, sm.num_classes, self.step_size,
-                1 if self.lean else self.windows_per_batch, True, self._mirror_axes(sm), self.amp,
+                1 if self.lean else self.windows_per_batch, True if block is None else nnunet_gaussian(sm.patch_size),
+                self._mirror_axes(sm), self.amp,
                 torch.float16 if cuda_fast else torch.float32, accumulate_device=host):
             res.push(z0, z1, slab.to(host))
             del slab  # not alive during the next window's forward pass

@@ -99,7 +99,7 @@ def _accumulate(acc: torch.Tensor, wsum: torch.Tensor, starts: list[tuple[int, i
 
 def iter_sliding_window(network: torch.nn.Module, image: torch.Tensor, patch_size: Sequence[int],
                         num_classes: int, step_size: float = 0.5, windows_per_batch: int = 4,
-                        gaussian: bool = True, mirror_axes: Sequence[int] | None = None,
+                        gaussian: bool | torch.Tensor = True, mirror_axes: Sequence[int] | None = None,
                         amp: bool | None = None, out_dtype: torch.dtype = torch.float32,
                         accumulate_device: torch.device | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Yield ``(z0, z1, logits[:, z0:z1])`` slabs of the image in order, each final when yielded.
@@ -122,7 +122,10 @@ def iter_sliding_window(network: torch.nn.Module, image: torch.Tensor, patch_siz
     steps = compute_steps(padded, patch, step_size)
     windows = list(itertools.product(*steps))  # z-major: z starts are non-decreasing
     single = all(len(s) == 1 for s in steps)
-    weight = gaussian_importance_map(patch, device) if gaussian and not single else None
+    if isinstance(gaussian, torch.Tensor):  # the caller's own importance map (an imported nnU-Net model's)
+        weight = None if single else gaussian.to(device)
+    else:
+        weight = gaussian_importance_map(patch, device) if gaussian and not single else None
     acc_dtype = torch.float32 if out_dtype == torch.float32 or device.type == "cpu" else out_dtype
 
     buf0 = 0  # global padded z index of acc[:, 0]

@@ -295,7 +295,7 @@ def test_nnunet_checkpoint_loads_weights_only(tmp_path):
     """nnU-Net's checkpoints log numpy scalars: they load with weights_only=True, nothing else is allowed."""
     import torch
 
-    from benchmarks.peer.shared_weights import load_nnunet_checkpoint
+    from autoseg.nnunet.checkpoint import load_nnunet_checkpoint
 
     good = tmp_path / "good.pth"
     torch.save({"network_weights": {"w": torch.ones(2)}, "logging": {"dice": [np.float64(0.5), np.float32(1)]},

@@ -11,6 +11,7 @@ from autoseg.networks.base import SegNetwork, count_parameters
 from autoseg.networks.config import NetConfig, parse_config
 from autoseg.networks.efficientseg import EfficientSegNet
 from autoseg.networks.efficientseg_published import EfficientSegNetPublished
+from autoseg.networks.nnunet_compat import NnUNetPlainUNet, NnUNetResEncUNet
 from autoseg.networks.registry import (NETWORKS, build_network, deep_supervision_scales, known_networks,
                                        network_class, register_module_networks, register_network)
 from autoseg.networks.resenc import ResEncUNet
@@ -20,7 +21,8 @@ from autoseg.networks.unet import UNet
 __all__ = ["build_network", "deep_supervision_scales", "register_network", "known_networks", "NETWORKS",
            "network_class", "register_module_networks", "count_parameters", "SegNetwork", "UNet",
            "EfficientSegNet", "NetConfig", "parse_config", "EfficientSegNetPublished", "ResEncUNet",
-           "SpatialConfigurationNet"]
+           "SpatialConfigurationNet", "NnUNetPlainUNet", "NnUNetResEncUNet"]
 
-for _cls in (UNet, EfficientSegNet, EfficientSegNetPublished, ResEncUNet, SpatialConfigurationNet):
+for _cls in (UNet, EfficientSegNet, EfficientSegNetPublished, ResEncUNet, SpatialConfigurationNet,
+             NnUNetPlainUNet, NnUNetResEncUNet):
     register_network(_cls)

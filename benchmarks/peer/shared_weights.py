@@ -1,7 +1,7 @@
 """Put autoseg's trained U-Net weights into an nnU-Net checkpoint, so both predictors run one network.
 
 Run with the peer venv's python (the script puts the repository on ``sys.path``; only
-``autoseg.networks``, plain torch, and ``benchmarks.nnunet_plans`` are imported from it):
+``autoseg.networks``, ``autoseg.nnunet`` and plain torch are imported from it):
 
     python benchmarks/peer/shared_weights.py OUR_CKPT THEIR_TEMPLATE_CKPT BENCH_PLANS_JSON OUT_CKPT
     python benchmarks/peer/shared_weights.py --reverse THEIR_CKPT OUR_TEMPLATE_CKPT BENCH_PLANS_JSON OUT_CKPT
@@ -23,7 +23,6 @@ predictors.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -31,31 +30,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from autoseg import AutosegError
 from autoseg.networks import build_network
-from benchmarks.nnunet_plans import network_from_arch
-
-ENC = re.compile(r"encoder\.stages\.(\d+)\.0\.convs\.(\d+)\.(conv|norm)\.(weight|bias)$")
-DEC = re.compile(r"decoder\.stages\.(\d+)\.convs\.(\d+)\.(conv|norm)\.(weight|bias)$")
-UP = re.compile(r"decoder\.transpconvs\.(\d+)\.(weight|bias)$")
-SEG = re.compile(r"decoder\.seg_layers\.(\d+)\.(weight|bias)$")
+from autoseg.nnunet.checkpoint import autoseg_name, load_nnunet_checkpoint
+from autoseg.nnunet.plans import network_from_arch
 
 
 def our_name(their_name: str, n_stages: int) -> str | None:
-    """autoseg's parameter for one of nnU-Net's, or None for a bias autoseg does not have (zero)."""
-    for pattern, prefix in ((ENC, "encoder"), (DEC, "decoder")):
-        m = pattern.match(their_name)
-        if m:
-            stage, conv, op, kind = m.groups()
-            if op == "conv":
-                return None if kind == "bias" else f"{prefix}.{stage}.{conv}.0.weight"
-            return f"{prefix}.{stage}.{conv}.1.{kind}"
-    m = UP.match(their_name)
-    if m:
-        return None if m.group(2) == "bias" else f"upsamplers.{m.group(1)}.weight"
-    m = SEG.match(their_name)
-    if m:  # nnU-Net's decoder stage j works at level n-2-j, where autoseg keeps its head
-        return f"seg_heads.{n_stages - 2 - int(m.group(1))}.{m.group(2)}"
-    raise SystemExit(f"nnU-Net parameter {their_name!r} has no autoseg counterpart")
+    """autoseg's UNet parameter for one of nnU-Net's, or None for a bias autoseg's UNet does not have (zero).
+    The names come from ``autoseg.nnunet.checkpoint`` (``import_nnunet``'s map); autoseg's plain UNet has no
+    transposed-conv bias, which ``import_nnunet``'s NnUNetPlainUNet keeps."""
+    try:
+        name = autoseg_name(their_name, n_stages)
+    except AutosegError as e:
+        raise SystemExit(str(e)) from None
+    return None if name is None or name.startswith("upsamplers.") and name.endswith(".bias") else name
 
 
 def _networks(plans_file: str, num_classes: int):
@@ -82,16 +71,6 @@ def _check_same_function(ours, theirs, patch) -> float:
     if not diff <= 1e-3 * max(1.0, scale):
         raise SystemExit(f"the converted network differs: max |logit diff| {diff:.3e} (max |logit| {scale:.3e})")
     return diff
-
-
-def load_nnunet_checkpoint(path: str) -> dict:
-    """nnU-Net's checkpoint with ``weights_only=True``: its training log holds numpy scalars, so exactly
-    those (scalar and dtype classes) are allowed besides tensors and plain data."""
-    import numpy as np
-
-    dtypes = [type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDG"]
-    with torch.serialization.safe_globals([np._core.multiarray.scalar, np.dtype, *dtypes]):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def to_nnunet(our_ckpt: str, template: str, plans_file: str, out: str) -> None:

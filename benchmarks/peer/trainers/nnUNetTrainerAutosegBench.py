@@ -72,3 +72,15 @@ class nnUNetTrainerAutosegBenchFast(nnUNetTrainerAutosegBench):
         params = [p for p in self.network.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.initial_lr, weight_decay=self.weight_decay)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+
+class nnUNetTrainerAutosegBenchStock(nnUNetTrainerAutosegBenchFast):
+    """The short-schedule recipe of ``nnUNetTrainerAutosegBenchFast`` with nnU-Net's network untouched:
+    every bias trains, the transposed convolutions' included. Its checkpoints are what a stock nnU-Net
+    training leaves behind, so ``autoseg import_nnunet`` is measured on them (benchmarks/bench_nnunet_import.py)."""
+
+    def configure_optimizers(self):
+        from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
