@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from autoseg.evaluation.folder import evaluate_folder, labels_from_dataset_json
+from autoseg.evaluation.partial import labelled_classes_from_json
 from autoseg.evaluation.summary import format_summary_table
 
 
@@ -15,8 +16,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("-o", "--out", default=None, help="where metrics.csv and summary.json go (default: --pred)")
     parser.add_argument("--tolerances", default="flare22",
                         help="NSD tolerances: flare21 | flare22 | flare23 | a number of mm for every class")
-    parser.add_argument("--labels", default=None, metavar="DATASET_JSON",
-                        help="dataset.json naming the labels (default: the one beside the GT folder)")
+    parser.add_argument("--labels", "--dataset-json", default=None, metavar="DATASET_JSON", dest="labels",
+                        help="dataset.json naming the labels and any per-case labelled_classes "
+                             "(default: the one beside the GT folder)")
     parser.add_argument("--align", action="store_true",
                         help="resample predictions not on the GT grid onto it (nearest neighbour) instead of refusing")
     parser.add_argument("-j", "--num-workers", type=int, default=2, help="cases scored in parallel")
@@ -26,11 +28,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run folder evaluation from parsed arguments, print the table; AutosegError propagates to the caller."""
-    labels = None
+    labels = labelled = None
     if args.labels:
         labels = {name: value for value, name in labels_from_dataset_json(Path(args.labels)).items()}
+        labelled = labelled_classes_from_json(args.labels)
     summary = evaluate_folder(args.gt, args.pred, args.out, labels=labels, tolerances=args.tolerances,
-                              align=args.align, num_workers=args.num_workers, progress=not args.no_progress)
+                              align=args.align, num_workers=args.num_workers, progress=not args.no_progress,
+                              labelled_classes=labelled)
     print(format_summary_table(summary))
     out = Path(args.out) if args.out else Path(args.pred)
     print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")

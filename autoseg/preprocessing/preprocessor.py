@@ -106,22 +106,38 @@ def tumours_to_hosts(lab: np.ndarray, tumour_labels: list[int], organ_labels: li
 
 
 def stage_lut(plans: dict, stage: str, max_value: int, labelled: list[int] | None) -> np.ndarray:
-    """Original label value -> stage-local index (0 bg, i+1 = stage_classes[i], -1 ignore)."""
+    """Original label value -> stage-local index (0 bg, i+1 = stage_classes[i], -1 ignore).
+
+    Partially labelled case (``labelled``: the classes it annotates): a stage with several classes keeps
+    background 0, meaning "background or a class this case does not annotate" (the marginal loss merges
+    them; ``annotated_stage_classes`` says which); a foreground/background stage cannot merge, so there
+    background becomes -1 (unknown). A case annotating none of the stage's classes is all -1.
+    """
     lut = np.zeros(max_value + 1, dtype=np.int8)
     classes = stage_classes(plans, stage)
-    if plans["stages"][stage]["classes"] == "foreground":
+    foreground = plans["stages"][stage]["classes"] == "foreground"
+    if foreground:
         lut[1:] = 1
     else:
         for i, v in enumerate(classes):
-            if v <= max_value:
+            if v <= max_value and (labelled is None or v in labelled):
                 lut[v] = i + 1
     if labelled is not None:
         wanted = [v for v in plans["labels"].values() if v != 0] if stage == "roi" else classes
-        if not set(wanted) <= set(labelled):
-            lut[0] = -1  # background of a partially annotated case may hide an unannotated class
-            if not set(wanted) & set(labelled):
-                lut[:] = -1
+        if not set(wanted) & set(labelled):
+            lut[:] = -1
+        elif foreground and not set(wanted) <= set(labelled):
+            lut[0] = -1  # background of a partially annotated case may hide an unannotated organ
     return lut
+
+
+def annotated_stage_classes(plans: dict, stage: str, labelled: list[int] | None) -> list[int] | None:
+    """Stage-local indices (1-based) of the classes a partially labelled case annotates; None: all."""
+    if labelled is None:
+        return None
+    if plans["stages"][stage]["classes"] == "foreground":
+        return [1] if set(labelled) - {0} else []
+    return [i + 1 for i, v in enumerate(stage_classes(plans, stage)) if v in labelled]
 
 
 def class_locations(seg: np.ndarray, num_classes: int, seed: int) -> dict[str, list[list[int]]]:
@@ -183,6 +199,7 @@ def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], 
             "class_locations": class_locations(seg[0], n_cls, seed), "stage_hash": stage_hash(plans, stage)}
     if case.labelled_classes is not None:
         meta["labelled_classes"] = case.labelled_classes
+        meta["annotated_classes"] = annotated_stage_classes(plans, stage, case.labelled_classes)
     write_case(folder, stage, case.case_id, data, seg, meta)
 
 
@@ -254,5 +271,6 @@ def preprocess_dataset(ds: RawDataset, plans: dict, folder: str | os.PathLike, s
     return results
 
 
-__all__ = ["preprocess_case", "preprocess_dataset", "stage_bbox", "stage_lut", "tumours_to_hosts",
+__all__ = ["preprocess_case", "preprocess_dataset", "stage_bbox", "stage_lut", "annotated_stage_classes",
+           "tumours_to_hosts",
            "class_locations", "case_paths"]
