@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan_and_preprocess": ("autoseg.planners.cli", "fingerprint a raw dataset, write plans.json, build the .npz caches"),
     "run_training": ("autoseg.trainers.cli", "train one stage (roi|organ|tumour) with a Trainer class found by name"),
     "run_inference": ("autoseg.inference.cli", "segment CT images with the fused ROI -> organ -> tumour cascade"),
+    "select_unlabelled": ("autoseg.trainers.select", "score unlabelled images by model uncertainty, keep the most certain"),
     "evaluate": ("autoseg.evaluation.cli", "DSC / NSD / HD95 of a prediction folder against ground truth"),
     "make_phantoms": ("autoseg.synthetic", "write a seeded abdominal CT phantom dataset (nnU-Net v2 raw format)"),
     "demo": ("autoseg.demo", "the whole pipeline on CT phantoms, on this machine, in minutes"),

@@ -36,4 +36,10 @@ def run_from_args(args: argparse.Namespace) -> int:
                               verify=not args.no_verify, plans_file=args.plans, progress=not args.no_progress,
                               overwrite_plans=args.overwrite_plans, planner_path=args.planner_path)
     print(f"preprocessed data in {out}")
+    marker = out / "unlabelled" / "crop_source.json"
+    if marker.is_file():
+        import json
+
+        info = json.loads(marker.read_text())
+        print(f"unlabelled images: {info['num_cases']} (crops from {info['source'].split(':')[0]})")
     return 0

@@ -154,7 +154,7 @@ def validate_fold(trainer: "Trainer") -> dict | None:
         pairs.append((pred, gt))
     from autoseg.inference.postprocessing import learn_postprocessing
 
-    rules = learn_postprocessing(pairs, trainer.class_values)
+    rules = learn_postprocessing(pairs, trainer.class_values) if pairs else {"rules": {}, "num_cases": 0}
     save_json(rules, trainer.output_folder / "postprocessing.json")
     dsc = summary["mean"]["dsc"]
     trainer.write_log(f"validation of {len(merged)} cases: mean DSC {dsc if dsc is None else round(dsc, 4)}, "

@@ -178,7 +178,7 @@ def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], 
     aniso = needs_anisotropic(geo.spacing, target)
     data = _resample_channels(imgs, box, new_shape, aniso, plans["intensity"], device)
     n_cls = len(stage_classes(plans, stage))
-    if lab is None:
+    if lab is None:  # an unlabelled image: every voxel unknown
         seg = np.full((1, *new_shape), -1, np.int8)
     else:
         lut = stage_lut(plans, stage, max([*boxes, *plans["labels"].values()]), case.labelled_classes)
@@ -197,6 +197,8 @@ def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], 
     meta = {"case_id": case.case_id, "stage": stage, "spacing": target, "shape": list(new_shape),
             "original_geometry": geo.to_dict(), "crop_bbox": box,
             "class_locations": class_locations(seg[0], n_cls, seed), "stage_hash": stage_hash(plans, stage)}
+    if lab is None:
+        meta["unlabelled"] = True
     if case.labelled_classes is not None:
         meta["labelled_classes"] = case.labelled_classes
         meta["annotated_classes"] = annotated_stage_classes(plans, stage, case.labelled_classes)
@@ -204,9 +206,12 @@ def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], 
 
 
 def preprocess_case(case: Case, plans: dict, folder: str | os.PathLike, stages: list[str] | None = None,
-                    force: bool = False, device: str | torch.device = "auto") -> dict:
+                    force: bool = False, device: str | torch.device = "auto",
+                    crop_boxes: dict[int, BBox] | None = None) -> dict:
     """Preprocess one case for ``stages`` (default: all planned), skipping valid cached outputs.
-    Returns timing, the stages done and skipped, and this process's peak RSS."""
+    ``crop_boxes`` (label value -> box) places the crops of a case without labels (an unlabelled
+    image: boxes of a model's prediction, as at inference). Returns timing, the stages done and
+    skipped, and this process's peak RSS."""
     t0 = time.perf_counter()
     folder = Path(folder)
     stages = [s for s in STAGE_ORDER if s in plans["stages"] and (stages is None or s in stages)]
@@ -220,7 +225,7 @@ def preprocess_case(case: Case, plans: dict, folder: str | os.PathLike, stages: 
             lab_img, lab = _view(case.label)  # lab_img owns the buffer lab views
             if not np.issubdtype(lab.dtype, np.integer):
                 lab = np.rint(lab).astype(np.int16)
-        boxes = label_bboxes(lab) if lab is not None else {}
+        boxes = label_bboxes(lab) if lab is not None else dict(crop_boxes or {})
         body = union_bbox(crop_to_body(imgs[0]), _union(boxes, boxes.keys())) or full_bbox(geo.shape)
         for s in todo:
             _process_stage(s, plans, case, imgs, lab, geo, body, boxes, folder, resolve_device(device))
