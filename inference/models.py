@@ -15,6 +15,7 @@ import torch
 from autoseg import AutosegError
 from autoseg.paths import dataset_name, find_dataset_folder, results_root
 from autoseg.plans import STAGES, num_outputs, stage_classes, validate_plans
+from autoseg.checkpoints import inference_weights
 from autoseg.utils import load_json
 from autoseg.inference.postprocessing import merge_fold_rules
 
@@ -159,7 +160,7 @@ def load_stage_model(stage: str, checkpoints: Sequence[str | os.PathLike], devic
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise AutosegError(f"{path}: unreadable checkpoint ({str(e).splitlines()[0][:160]})") from None
-        if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "plans" not in ckpt:
+        if not isinstance(ckpt, dict) or "plans" not in ckpt or not ({"network_weights", "networks"} & set(ckpt)):
             raise AutosegError(f"{path}: not an autoseg checkpoint (needs 'network_weights' and 'plans')")
         p = validate_plans(ckpt["plans"], str(path))
         st = ckpt.get("stage", stage)
@@ -171,7 +172,7 @@ def load_stage_model(stage: str, checkpoints: Sequence[str | os.PathLike], devic
         plans = plans or p
         net = build_network(p["stages"][stage]["network"], 1, num_outputs(p, stage), deep_supervision=False)
         try:
-            net.load_state_dict(ckpt["network_weights"])
+            net.load_state_dict(inference_weights(ckpt, str(path)))  # the network the checkpoint names
         except RuntimeError as e:
             raise AutosegError(f"{path}: weights do not fit the plans' network ({str(e).splitlines()[0][:160]})") from None
         if hasattr(net, "deep_supervision"):

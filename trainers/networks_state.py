@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from autoseg import AutosegError
+from autoseg.checkpoints import inference_weights  # noqa: F401  (re-exported: the trainer side's name for it)
 
 MAIN = "main"
 
@@ -106,16 +107,3 @@ def load_slots(slots: dict[str, NetworkSlot], ckpt: dict[str, Any], where: str) 
         raise AutosegError(f"{where}: checkpoint has networks {sorted(states)}, this trainer needs {list(slots)}")
     for name, slot in slots.items():
         slot.load_state(states[name], where)
-
-
-def inference_weights(ckpt: dict[str, Any], where: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The weights the checkpoint says inference uses."""
-    name = ckpt.get("inference_network")
-    if name is not None:
-        nets = ckpt.get("networks") or {}
-        if name not in nets:
-            raise AutosegError(f"{where}: inference network '{name}' is not in the checkpoint ({sorted(nets)})")
-        return nets[name]["weights"]
-    if "network_weights" not in ckpt:
-        raise AutosegError(f"{where}: not an autoseg checkpoint (needs 'network_weights' or 'networks')")
-    return ckpt["network_weights"]

@@ -44,7 +44,7 @@ def run_training(stage: str, trainer: str, task: str | int, fold: str | int, epo
                  pretrained: str | os.PathLike | None = None, trainer_path: str | os.PathLike | None = None,
                  num_workers: int | None = None, compile: bool = False,
                  preprocessed: str | os.PathLike | None = None, results: str | os.PathLike | None = None,
-                 amp: bool | None = None) -> Path:
+                 amp: bool | None = None, seed: int | None = None) -> Path:
     """Train one stage/fold with the named trainer class; returns the fold's results folder."""
     cls = find_trainer(trainer, trainer_path)  # first: a typo should not wait for the dataset lookup
     dataset_folder = find_dataset_folder(task, preprocessed_root(preprocessed))
@@ -62,7 +62,7 @@ def run_training(stage: str, trainer: str, task: str | int, fold: str | int, epo
         output = results_root(results) / plans["dataset_name"] / stage / cls.__name__ / f"fold_{fold}"
         t = cls(plans, stage, fold, dataset_folder, dev, output, num_epochs=epochs,
                 iters_per_epoch=iters_per_epoch, num_workers=num_workers, compile=compile, amp=amp,
-                pretrained=pretrained)
+                pretrained=pretrained, seed=seed)
         with _sigterm_as_exit():
             return t.fit(continue_training)
     finally:

@@ -1,7 +1,8 @@
 """Semi-supervised training on ``imagesUnlabeled/``: cross pseudo supervision (Chen et al., CVPR 2021).
 
 Two networks of the stage's architecture, initialised differently (built one after the other from one
-seed). Each step feeds both the labelled and the unlabelled patches through both networks once;
+seed). A batch holds the plans' batch size in patches, half labelled and half unlabelled by default,
+so a step costs about two single-network steps. Each step feeds both the labelled and the unlabelled patches through both networks once;
 each network gets the supervised Dice+CE on the labelled patches (the partial-label loss where cases
 are partially labelled) plus ``lambda(t)`` times the cross-entropy between its logits on the
 unlabelled patches and the other network's argmax there. The pseudo labels are detached, so the two
@@ -92,7 +93,8 @@ class CrossPseudoSupervision:
 
     network_names = ("net_a", "net_b")
     inference_network = "net_a"
-    unlabelled_batch_size: int | None = None  # None: the plans' batch size
+    labelled_batch_size: int | None = None  # None: half the plans' batch (at least 1)
+    unlabelled_batch_size: int | None = None  # None: the rest of the plans' batch (at least 1)
     cps_weight: float = 1.0  # lambda after the ramp-up
     cps_rampup: float = 0.3  # share of all iterations over which lambda ramps up
     use_selection: bool = True  # train on the select_unlabelled list when it exists
@@ -108,6 +110,9 @@ class CrossPseudoSupervision:
 
     def setup_cases(self) -> None:
         super().setup_cases()
+        total = self.batch_size
+        self.batch_size = self.labelled_batch_size or max(1, (total + 1) // 2)
+        self.unlabelled_batch = self.unlabelled_batch_size or max(1, total - self.batch_size)
         self._iter_in_epoch = 0
         self.unlabelled_cases = unlabelled_training_cases(self.dataset_folder, self.stage, self.use_selection)
 
@@ -115,7 +120,7 @@ class CrossPseudoSupervision:
         train, val = super().get_dataloaders()
         folder = unlabelled_folder(self.dataset_folder) / self.stage
         sampler = PatchSampler(CaseStore(folder, self.unlabelled_cases), self.unlabelled_cases,
-                               self.unlabelled_batch_size or self.batch_size, self.patch_size, 0.0,
+                               self.unlabelled_batch, self.patch_size, 0.0,
                                self.spatial_augmenter(), self.num_classes)
         seed = self.seed + 7919 * self.rank + 104729 * self.current_epoch + 2
         unl = BatchLoader(BatchStream(sampler, self.training_transforms(), seed), self.num_workers,
@@ -149,7 +154,7 @@ class CrossPseudoSupervision:
 
     def describe(self) -> str:
         return (super().describe() + f" unlabelled={len(self.unlabelled_cases)} "
-                f"(batch {self.unlabelled_batch_size or self.batch_size}) networks={list(self.slots)}")
+                f"(batch {self.unlabelled_batch}) networks={list(self.slots)}")
 
 
 class TrainerCPS(CrossPseudoSupervision, Trainer):

@@ -1,0 +1,239 @@
+"""Imperfect-data benchmark (issue 14): semi-supervised CPS + uncertainty filter, and partial labels.
+
+Everything runs through the ``autoseg`` CLI on phantoms, organ stage only (body crop), one small
+plans file per dataset (coarse spacing, small patch and network, so 2 CPU cores finish), the same
+trainer recipe (TrainerFast's AdamW) and the same iteration budget in every arm, fold ``all``, and
+held-out test phantoms predicted with ``run_inference`` and scored with ``autoseg evaluate``.
+
+Arms (each over ``--seeds``):
+- ssl: 4 labelled + 32 unlabelled. ``labelled``: TrainerFast on the 4; ``cps_all``: TrainerFastCPS
+  on all 32; ``cps_filtered``: ``select_unlabelled`` (scored with that seed's cps_all model) keeps
+  ``--keep`` of them, then TrainerFastCPS again, which reads the selection and uses the kept images only.
+- partial: 16 cases, each annotating a random 3 of the 6 organs. ``full``: the same 16 fully
+  labelled; ``marginal``: the partial labels with the default (marginal + exclusion) loss;
+  ``as_background``: the partial labels with unannotated organs trained as background.
+
+``python -m benchmarks.bench_semi_partial --work DIR [--part ssl|partial|all]`` writes
+``DIR/results.json`` (one entry per arm and seed, appended as runs finish, so a rerun resumes).
+``python -m benchmarks.bench_semi_partial --work DIR --step-time`` measures CPS vs single-network
+train_step time on the ssl cache (run it under the shared lock).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ORGANS = [1, 2, 3, 4, 5, 6]
+SSL_ID, FULL_ID, PART_ID = 781, 782, 783
+TRAINER_PATH = Path(__file__).parent / "semi_partial_trainers"
+
+
+def sh(args: list[str], env: dict, log: Path) -> None:
+    """Run one autoseg command (logged with its output); stop the benchmark if it fails."""
+    cmd = [sys.executable, "-m", "autoseg", *args]
+    with open(log, "a") as f:
+        f.write("$ autoseg " + " ".join(args) + "\n")
+        f.flush()
+        rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"failed ({rc}): autoseg {' '.join(args)}; see {log}")
+
+
+def environment(work: Path, results: str) -> dict:
+    env = dict(os.environ, AUTOSEG_RAW=str(work / "raw"), AUTOSEG_PREPROCESSED=str(work / "pre"),
+               AUTOSEG_RESULTS=str(work / results), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["AUTOSEG_TRAINER_PATH"] = str(TRAINER_PATH)
+    return env
+
+
+def make_data(work: Path, env: dict, log: Path) -> None:
+    raw = work / "raw"
+    sh(["make_phantoms", "-o", str(raw), "--id", str(SSL_ID), "--name", "Semi", "--num-train", "4",
+        "--num-test", "6", "--num-unlabelled", "32", "--seed", "7", "-np", "1", "--no-progress"], env, log)
+    sh(["make_phantoms", "-o", str(raw), "--id", str(FULL_ID), "--name", "Full", "--num-train", "16",
+        "--num-test", "6", "--seed", "11", "-np", "1", "--no-progress"], env, log)
+    part = raw / f"Dataset{PART_ID}_Part"
+    if not (part / "dataset.json").is_file():
+        derive_partial(raw / f"Dataset{FULL_ID}_Full", part, seed=11, organs=3)
+
+
+def derive_partial(full: Path, part: Path, seed: int, organs: int) -> None:
+    """The full dataset's images and test labels with training labels cut to ``organs`` random organs
+    each (exactly what ``make_phantoms --partial-organs`` writes for the same seed, without
+    generating the images again)."""
+    from autoseg.io import read_image, write_image
+    from autoseg.synthetic.dataset import annotated_classes
+
+    tmp = part.with_name(part.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("imagesTr", "imagesTs", "labelsTs"):
+        shutil.copytree(full / sub, tmp / sub, copy_function=os.link)
+    (tmp / "labelsTr").mkdir()
+    dj = json.loads((full / "dataset.json").read_text())
+    dj["labelled_classes"] = {}
+    for p in sorted((full / "labelsTr").glob("*.nii.gz")):
+        cid = p.name[: -len(".nii.gz")]
+        keep = annotated_classes(seed, int(cid.rsplit("_", 1)[1]), organs)
+        lab, geo = read_image(p)
+        write_image(np.where(np.isin(lab, keep), lab, 0).astype(lab.dtype), geo, tmp / "labelsTr" / p.name)
+        dj["labelled_classes"][cid] = keep
+    dj["name"] = "Part"
+    (tmp / "dataset.json").write_text(json.dumps(dj, indent=1))
+    tmp.rename(part)
+
+
+def small_plans(plans_path: Path) -> None:
+    """Shrink the organ stage to a CPU-sized patch and network (the contract allows hand edits)."""
+    plans = json.loads(plans_path.read_text())
+    st = plans["stages"]["organ"]
+    st["patch_size"] = [24, 48, 48]
+    st["batch_size"] = 2
+    net = st["network"]
+    n = 4
+    net["features"] = [8, 16, 32, 48][:n]
+    net["kernel_sizes"] = net["kernel_sizes"][:n]
+    net["strides"] = net["strides"][:n]
+    plans_path.write_text(json.dumps(plans, indent=1))
+
+
+def preprocess(work: Path, env: dict, log: Path) -> None:
+    base = ["--planner", "CPUPlanner", "--stages", "organ", "--target-spacing", "5", "4", "4", "-np", "1",
+            "--no-progress"]
+    for task in (SSL_ID, FULL_ID):
+        name = {SSL_ID: "Semi", FULL_ID: "Full"}[task]
+        plans = work / "pre" / f"Dataset{task}_{name}" / "plans.json"
+        if not plans.is_file():
+            sh(["plan_and_preprocess", "-t", str(task), *base], env, log)
+            small_plans(plans)
+    sh(["plan_and_preprocess", "-t", str(PART_ID), "--plans", str(work / "pre" / f"Dataset{FULL_ID}_Full" / "plans.json"),
+        "-np", "1", "--no-progress", "--stages", "organ"], env, log)
+
+
+def train_and_score(work: Path, arm: str, task: int, name: str, trainer: str, seed: int, epochs: int, iters: int,
+                    log: Path) -> dict:
+    results = f"res_seed{seed}_{arm}"
+    env = environment(work, results)
+    t0 = time.time()
+    sh(["run_training", "organ", trainer, str(task), "all", "--epochs", str(epochs), "--iters-per-epoch",
+        str(iters), "--seed", str(seed), "-nw", "0", "--device", "cpu"], env, log)
+    train_s = time.time() - t0
+    pred = work / results / "pred"
+    raw = work / "raw" / f"Dataset{task}_{name}"
+    sh(["run_inference", "-i", str(raw / "imagesTs"), "-o", str(pred), "-t", str(task), "-tr", trainer,
+        "-f", "all", "--device", "cpu"], env, log)
+    sh(["evaluate", "-g", str(raw / "labelsTs"), "-p", str(pred), "-j", "1", "--no-progress"], env, log)
+    summary = json.loads((pred / "summary.json").read_text())
+    dsc = {c["label"]: c["dsc"]["mean"] for c in summary["per_class"].values()}
+    organ = float(np.mean([dsc.get(v) or 0.0 for v in ORGANS]))
+    return {"arm": arm, "seed": seed, "mean_organ_dsc": organ, "per_class_dsc": dsc, "train_seconds": train_s,
+            "trainer": trainer, "task": task, "epochs": epochs, "iters_per_epoch": iters}
+
+
+def run_arms(work: Path, part: str, seeds: list[int], epochs: int, iters: int, keep: float) -> None:
+    out = work / "results.json"
+    done = json.loads(out.read_text()) if out.is_file() else []
+    have = {(r["arm"], r["seed"]) for r in done}
+    log = work / "commands.log"
+    arms = []
+    if part in ("ssl", "all"):
+        arms += [("labelled", SSL_ID, "Semi", "TrainerFast"), ("cps_all", SSL_ID, "Semi", "TrainerFastCPS"),
+                 ("cps_filtered", SSL_ID, "Semi", "TrainerFastCPS")]
+    if part in ("partial", "all"):
+        arms += [("full", FULL_ID, "Full", "TrainerFast"), ("marginal", PART_ID, "Part", "TrainerFast"),
+                 ("as_background", PART_ID, "Part", "TrainerFastPartialAsBackground")]
+    for seed in seeds:
+        for arm, task, name, trainer in arms:
+            if (arm, seed) in have:
+                continue
+            selection = work / "pre" / f"Dataset{SSL_ID}_Semi" / "unlabelled_selection_organ.json"
+            if arm == "cps_all":
+                selection.unlink(missing_ok=True)  # all 32 images
+            if arm == "cps_filtered":
+                select(work, seed, keep, log)  # TrainerFastCPS now trains on the kept images only
+            row = train_and_score(work, arm, task, name, trainer, seed, epochs, iters, log)
+            if arm == "cps_filtered":
+                row["selected"] = json.loads(selection.read_text())["selected"]
+                selection.unlink()
+            done.append(row)
+            out.write_text(json.dumps(done, indent=1))
+            print(f"{arm} seed {seed}: mean organ DSC {row['mean_organ_dsc']:.4f} ({row['train_seconds']:.0f} s)",
+                  flush=True)
+
+
+def select(work: Path, seed: int, keep: float, log: Path) -> None:
+    """Score the 32 unlabelled images with this seed's cps_all model (a copy of the scores is kept per seed)."""
+    env = environment(work, f"res_seed{seed}_cps_all")
+    sh(["select_unlabelled", "-t", str(SSL_ID), "-tr", "TrainerFastCPS", "-f", "all", "--keep", str(keep),
+        "--device", "cpu", "--no-progress"], env, log)
+    pre = work / "pre" / f"Dataset{SSL_ID}_Semi"
+    sel = pre / "unlabelled_selection_organ.json"
+    shutil.copy(sel, work / f"selection_seed{seed}.json")
+
+
+def step_time(work: Path, steps: int = 12, warmup: int = 3) -> dict:
+    """Median train_step seconds of TrainerFast and TrainerFastCPS on the same plans, batches fetched
+    before timing (data loading excluded; both arms see the plans' batch size in patches)."""
+    import torch
+
+    from autoseg.plans import load_plans
+    from autoseg.trainers.fast import TrainerFast
+    from autoseg.trainers.semi import TrainerFastCPS
+
+    torch.set_num_threads(2)
+    folder = work / "pre" / f"Dataset{SSL_ID}_Semi"
+    plans = load_plans(folder / "plans.json")
+    res = {}
+    for cls in (TrainerFast, TrainerFastCPS):
+        t = cls(plans, "organ", "all", folder, "cpu", work / "steptime" / cls.__name__, num_epochs=1,
+                iters_per_epoch=steps, num_workers=0)
+        t.initialize()
+        t.on_epoch_start()
+        train, val = t.get_dataloaders()
+        with train, val:
+            batches = [next(train) for _ in range(steps + warmup)]
+        times = []
+        for i, b in enumerate(batches):
+            t0 = time.perf_counter()
+            t.train_step(b)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        res[cls.__name__] = {"median_s": statistics.median(times), "times": times, "amp": str(t.amp_dtype)}
+    res["ratio"] = res["TrainerFastCPS"]["median_s"] / res["TrainerFast"]["median_s"]
+    (work / "step_time.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--part", choices=("ssl", "partial", "all", "data"), default="all")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--keep", type=float, default=0.25)
+    ap.add_argument("--step-time", action="store_true")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.step_time:
+        print(json.dumps(step_time(args.work), indent=1))
+        return 0
+    log = args.work / "commands.log"
+    env = environment(args.work, "res")
+    make_data(args.work, env, log)
+    preprocess(args.work, env, log)
+    if args.part != "data":
+        run_arms(args.work, args.part, args.seeds, args.epochs, args.iters, args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
