@@ -219,3 +219,18 @@ def test_both_regimes_end_to_end_from_the_cli(tmp_path, monkeypatch, capsys):
     assert s["num_partially_labelled_cases"] == 3
     counts = {n: sum(1 for c in dj["labelled_classes"].values() if v in c) for n, v in dj["labels"].items() if v}
     assert s["annotated_cases_per_class"] == counts
+
+
+def test_training_uses_only_the_selected_unlabelled_cases(tmp_path):
+    from autoseg.trainers.select import select_unlabelled
+    from autoseg.trainers.semi import selection_path, unlabelled_training_cases
+
+    folder = _cps_cache(tmp_path)
+    assert unlabelled_training_cases(folder, "organ") == ["case_000", "case_001"]
+    save_json({"selected": ["case_001"]}, selection_path(folder, "organ"))
+    assert unlabelled_training_cases(folder, "organ") == ["case_001"]
+    assert unlabelled_training_cases(folder, "organ", use_selection=False) == ["case_000", "case_001"]
+    with pytest.raises(AutosegError, match="no unlabelled cases"):
+        unlabelled_training_cases(folder, "tumour")
+    with pytest.raises(AutosegError, match="--keep must be a fraction"):
+        select_unlabelled(str(folder), keep=0.0, preprocessed=tmp_path)

@@ -27,6 +27,7 @@ from autoseg.losses import masked_cross_entropy
 from autoseg.preprocessing.unlabelled import unlabelled_case_ids, unlabelled_folder
 from autoseg.trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler
 from autoseg.trainers.fast import TrainerFast
+from autoseg.trainers.networks_state import NetworkSlot
 from autoseg.trainers.trainer import Trainer
 from autoseg.utils import load_json
 
@@ -107,6 +108,17 @@ class CrossPseudoSupervision:
     def on_epoch_start(self) -> None:
         super().on_epoch_start()
         self._iter_in_epoch = 0
+
+    def build_slot(self, name: str) -> NetworkSlot:
+        """``--pretrained`` initialises the inference network only: two identical networks fed the same
+        patches would stay identical, and CPS would degrade to self-training."""
+        if name == self.inference_network or not self.pretrained:
+            return super().build_slot(name)
+        pretrained, self.pretrained = self.pretrained, None
+        try:
+            return super().build_slot(name)
+        finally:
+            self.pretrained = pretrained
 
     def setup_cases(self) -> None:
         super().setup_cases()
