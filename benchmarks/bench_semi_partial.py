@@ -14,7 +14,8 @@ Arms (each over ``--seeds``):
   ``as_background``: the partial labels with unannotated organs trained as background.
 
 ``python -m benchmarks.bench_semi_partial --work DIR [--part ssl|partial|all]`` writes
-``DIR/results.json`` (one entry per arm and seed, appended as runs finish, so a rerun resumes).
+``DIR/results_<part>.json`` (one entry per arm and seed, appended as runs finish, so a rerun
+resumes; ``--report`` prints the table).
 ``python -m benchmarks.bench_semi_partial --work DIR --step-time`` measures CPS vs single-network
 train_step time on the ssl cache (run it under the shared lock).
 """
@@ -48,8 +49,8 @@ def sh(args: list[str], env: dict, log: Path) -> None:
         raise SystemExit(f"failed ({rc}): autoseg {' '.join(args)}; see {log}")
 
 
-def environment(work: Path, results: str) -> dict:
-    env = dict(os.environ, AUTOSEG_RAW=str(work / "raw"), AUTOSEG_PREPROCESSED=str(work / "pre"),
+def environment(work: Path, results: str, pre: str = "pre") -> dict:
+    env = dict(os.environ, AUTOSEG_RAW=str(work / "raw"), AUTOSEG_PREPROCESSED=str(work / pre),
                AUTOSEG_RESULTS=str(work / results), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["AUTOSEG_TRAINER_PATH"] = str(TRAINER_PATH)
     return env
@@ -95,7 +96,7 @@ def small_plans(plans_path: Path) -> None:
     """Shrink the organ stage to a CPU-sized patch and network (the contract allows hand edits)."""
     plans = json.loads(plans_path.read_text())
     st = plans["stages"]["organ"]
-    st["patch_size"] = [24, 48, 48]
+    st["patch_size"] = [16, 40, 40]
     st["batch_size"] = 2
     net = st["network"]
     n = 4
@@ -118,10 +119,24 @@ def preprocess(work: Path, env: dict, log: Path) -> None:
         "-np", "1", "--no-progress", "--stages", "organ"], env, log)
 
 
+def seed_preprocessed(work: Path, task: int, name: str, seed: int) -> str:
+    """A per-seed copy (hard links) of a preprocessed dataset: the selection file and splits of one
+    seed's runs must not leak into another's when seeds run side by side."""
+    pre = f"pre_seed{seed}"
+    dst = work / pre / f"Dataset{task}_{name}"
+    if not dst.is_dir():
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(work / "pre" / dst.name, tmp, copy_function=os.link,
+                        ignore=shutil.ignore_patterns("unlabelled_selection_*.json", "splits.json"))
+        tmp.rename(dst)
+    return pre
+
+
 def train_and_score(work: Path, arm: str, task: int, name: str, trainer: str, seed: int, epochs: int, iters: int,
                     log: Path) -> dict:
     results = f"res_seed{seed}_{arm}"
-    env = environment(work, results)
+    env = environment(work, results, seed_preprocessed(work, task, name, seed))
     t0 = time.time()
     sh(["run_training", "organ", trainer, str(task), "all", "--epochs", str(epochs), "--iters-per-epoch",
         str(iters), "--seed", str(seed), "-nw", "0", "--device", "cpu"], env, log)
@@ -139,7 +154,7 @@ def train_and_score(work: Path, arm: str, task: int, name: str, trainer: str, se
 
 
 def run_arms(work: Path, part: str, seeds: list[int], epochs: int, iters: int, keep: float) -> None:
-    out = work / "results.json"
+    out = work / f"results_{part}_seeds{'-'.join(map(str, seeds))}.json"  # parts/seeds may run side by side
     done = json.loads(out.read_text()) if out.is_file() else []
     have = {(r["arm"], r["seed"]) for r in done}
     log = work / "commands.log"
@@ -154,7 +169,7 @@ def run_arms(work: Path, part: str, seeds: list[int], epochs: int, iters: int, k
         for arm, task, name, trainer in arms:
             if (arm, seed) in have:
                 continue
-            selection = work / "pre" / f"Dataset{SSL_ID}_Semi" / "unlabelled_selection_organ.json"
+            selection = work / f"pre_seed{seed}" / f"Dataset{SSL_ID}_Semi" / "unlabelled_selection_organ.json"
             if arm == "cps_all":
                 selection.unlink(missing_ok=True)  # all 32 images
             if arm == "cps_filtered":
@@ -171,11 +186,10 @@ def run_arms(work: Path, part: str, seeds: list[int], epochs: int, iters: int, k
 
 def select(work: Path, seed: int, keep: float, log: Path) -> None:
     """Score the 32 unlabelled images with this seed's cps_all model (a copy of the scores is kept per seed)."""
-    env = environment(work, f"res_seed{seed}_cps_all")
+    env = environment(work, f"res_seed{seed}_cps_all", seed_preprocessed(work, SSL_ID, "Semi", seed))
     sh(["select_unlabelled", "-t", str(SSL_ID), "-tr", "TrainerFastCPS", "-f", "all", "--keep", str(keep),
         "--device", "cpu", "--no-progress"], env, log)
-    pre = work / "pre" / f"Dataset{SSL_ID}_Semi"
-    sel = pre / "unlabelled_selection_organ.json"
+    sel = work / f"pre_seed{seed}" / f"Dataset{SSL_ID}_Semi" / "unlabelled_selection_organ.json"
     shutil.copy(sel, work / f"selection_seed{seed}.json")
 
 
@@ -212,17 +226,39 @@ def step_time(work: Path, steps: int = 12, warmup: int = 3) -> dict:
     return res
 
 
+def report(work: Path) -> str:
+    """Markdown table: mean ± std (population std over seeds) of mean organ DSC per arm, per-class means."""
+    rows = [r for p in sorted(work.glob("results_*.json")) for r in json.loads(p.read_text())]
+    lines = ["| arm | trainer | dataset | seeds | mean organ DSC | per seed | per organ (mean over seeds) |",
+             "|---|---|---|---|---|---|---|"]
+    names = {1: "liver", 2: "spleen", 3: "kidney_r", 4: "kidney_l", 5: "pancreas", 6: "aorta"}
+    for arm in ("labelled", "cps_all", "cps_filtered", "full", "marginal", "as_background"):
+        rs = [r for r in rows if r["arm"] == arm]
+        if not rs:
+            continue
+        v = np.array([r["mean_organ_dsc"] for r in rs])
+        per = ", ".join(f"{names[o]} {np.mean([(r['per_class_dsc'].get(str(o)) or 0.0) for r in rs]):.3f}"
+                        for o in ORGANS)
+        lines.append(f"| {arm} | {rs[0]['trainer']} | {rs[0]['task']} | {len(rs)} | {v.mean():.4f} ± {v.std():.4f} | "
+                     f"{', '.join(f'{x:.3f}' for x in v)} | {per} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--part", choices=("ssl", "partial", "all", "data"), default="all")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--keep", type=float, default=0.25)
     ap.add_argument("--step-time", action="store_true")
+    ap.add_argument("--report", action="store_true", help="print the markdown table of results.json")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        print(report(args.work))
+        return 0
     if args.step_time:
         print(json.dumps(step_time(args.work), indent=1))
         return 0

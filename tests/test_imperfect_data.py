@@ -207,6 +207,9 @@ def test_both_regimes_end_to_end_from_the_cli(tmp_path, monkeypatch, capsys):
     val_case = next(iter(summary["per_case_mean"]))
     scored = sum(summary["annotated_cases_per_class"].values())
     assert scored == len([v for v in dj["labelled_classes"][val_case] if v <= 6])  # annotated organs only
+    capsys.readouterr()  # a trained organ model now exists: unlabelled crops come from its prediction
+    assert main(["plan_and_preprocess", "-t", "952", "-np", "1", "--no-progress", "--stages", "organ"]) == 0
+    assert "unlabelled images: 1 (crops from model TrainerFastCPS)" in capsys.readouterr().out
     assert main(["select_unlabelled", "-t", "952", "-tr", "TrainerFastCPS", "-f", "0", "--keep", "1",
                  "--device", "cpu", "--no-progress"]) == 0
     sel = load_json(pre / "unlabelled_selection_organ.json")
