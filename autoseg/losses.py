@@ -212,9 +212,10 @@ class DeepSupervisionLoss(nn.Module):
         return total
 
 
-def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor,
-                       ignore_label: int = IGNORE_LABEL) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per foreground class (tp, fp, fn) voxel counts of argmax(logits), summed over the batch.
+def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor, ignore_label: int = IGNORE_LABEL,
+                       annotated: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per foreground class (tp, fp, fn) voxel counts of argmax(logits), summed over the batch
+    (``annotated`` (B, K): a class counts only in the samples whose case annotates it).
 
     Summed over an epoch's validation batches they give the cheap "pseudo DSC" logged each epoch.
     """
@@ -224,6 +225,8 @@ def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor,
     k = logits.shape[1]
     tp, fp, fn = [], [], []
     for c in range(1, k):
+        if annotated is not None:
+            valid = (target != ignore_label) & annotated[:, c].to(torch.bool).view(-1, *[1] * (target.ndim - 1))
         p = (pred == c) & valid
         g = target == c
         tp.append((p & g).sum())

@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--part", choices=("ssl", "partial", "all", "data"), default="all")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--keep", type=float, default=0.25)
     ap.add_argument("--step-time", action="store_true")

@@ -39,6 +39,9 @@ def test_marginal_loss_does_not_train_unannotated_classes_as_background():
     assert loss(wrong, target, annotated=annotated) > marginal + 0.5
     full = torch.ones(1, 3, dtype=torch.bool)
     assert torch.allclose(loss(logits, target, annotated=full), plain)
+    from autoseg.losses import pseudo_dice_counts
+    assert pseudo_dice_counts(logits, target)[1][1] > 0  # class 2 "false positives" ...
+    assert pseudo_dice_counts(logits, target, annotated=annotated)[1][1] == 0  # ... not counted when unannotated
 
 
 def _tiny_dataset(root: Path, labelled_classes: dict | None = None) -> Path:

@@ -206,13 +206,8 @@ class Trainer:
         self.network = net
         opt, sched = self.configure_optimizer()
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        model: nn.Module = net
-        if ddp.is_distributed():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        if self.compile:
-            model = torch.compile(model)
-        return NetworkSlot(name, net, opt, sched, scaler, model)
+        model = ddp.wrap(net, self.device)
+        return NetworkSlot(name, net, opt, sched, scaler, torch.compile(model) if self.compile else model)
 
     def use_slot(self, name: str) -> None:
         """Point ``network``/``model``/``optimizer``/``lr_scheduler``/``grad_scaler`` at one slot."""
@@ -240,12 +235,10 @@ class Trainer:
         return data, batch["seg"].to(self.device, non_blocking=nb)
 
     def annotated_classes(self, batch: dict[str, Any]) -> torch.Tensor | None:
-        """(B, K) bool: the output channels each patch's case annotates, for the partial-label
-        (marginal + exclusion) loss; None when every case annotates every class (the plain loss)."""
+        """(B, K) bool: classes each patch's case annotates (partial labels: marginal + exclusion loss);
+        None when every case annotates every class (the plain loss). Override to change the regime."""
         ann = batch.get("annotated")
-        if ann is None or bool(ann.all()):
-            return None
-        return ann.to(self.device)
+        return None if ann is None or bool(ann.all()) else ann.to(self.device)
 
     def compute_loss(self, output: Any, target: torch.Tensor, annotated: torch.Tensor | None) -> torch.Tensor:
         return self.loss(output, target) if annotated is None else self.loss(output, target, annotated=annotated)
@@ -263,9 +256,9 @@ class Trainer:
         data, target = self.to_device(batch)
         with self.autocast():
             output = self.model(data)
-            loss = self.compute_loss(output, target, self.annotated_classes(batch))
+            loss = self.compute_loss(output, target, annotated := self.annotated_classes(batch))
         logits = output[0] if isinstance(output, (list, tuple)) else output
-        tp, fp, fn = pseudo_dice_counts(logits, target)
+        tp, fp, fn = pseudo_dice_counts(logits, target, annotated=annotated)
         return {"loss": loss.detach(), "tp": tp, "fp": fp, "fn": fn}
 
     # ----- epochs ------------------------------------------------------------------------------
@@ -405,10 +398,8 @@ class Trainer:
     def validation_predictor(self) -> "Predictor":
         """What the final validation predicts with: the network the checkpoint names for inference."""
         from autoseg.trainers.validation import network_predictor
-
-        net = self.slots[self.inference_network].network
-        return network_predictor(net, self.patch_size, self.num_classes, self.device,
-                                 self.validation_mirror_axes, self.amp_dtype is not None)
+        return network_predictor(self.slots[self.inference_network].network, self.patch_size, self.num_classes,
+                                 self.device, self.validation_mirror_axes, self.amp_dtype is not None)
 
     def final_validation(self) -> None:
         """Sliding-window prediction of the fold's validation cases -> validation/ + postprocessing.json."""
