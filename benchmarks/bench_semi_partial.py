@@ -115,8 +115,11 @@ def preprocess(work: Path, env: dict, log: Path) -> None:
         if not plans.is_file():
             sh(["plan_and_preprocess", "-t", str(task), *base], env, log)
             small_plans(plans)
-    sh(["plan_and_preprocess", "-t", str(PART_ID), "--plans", str(work / "pre" / f"Dataset{FULL_ID}_Full" / "plans.json"),
-        "-np", "1", "--no-progress", "--stages", "organ"], env, log)
+    part_plans = work / "plans_part.json"  # the full dataset's plans under the partial dataset's name
+    plans = json.loads((work / "pre" / f"Dataset{FULL_ID}_Full" / "plans.json").read_text())
+    part_plans.write_text(json.dumps({**plans, "dataset_name": f"Dataset{PART_ID}_Part"}, indent=1))
+    sh(["plan_and_preprocess", "-t", str(PART_ID), "--plans", str(part_plans), "-np", "1", "--no-progress",
+        "--stages", "organ"], env, log)
 
 
 def seed_preprocessed(work: Path, task: int, name: str, seed: int) -> str:
