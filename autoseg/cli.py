@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("autoseg.inference.export_cli", "write a trained model (weights, plans, rules) as one checked zip"),
     "install": ("autoseg.inference.install_cli", "install a model zip from 'autoseg export' under AUTOSEG_RESULTS"),
     "import_nnunet": ("autoseg.nnunet.importer", "convert a trained nnU-Net v2 model folder into an autoseg model"),
+    "select_unlabelled": ("autoseg.trainers.select", "score unlabelled images by model uncertainty, keep the most certain"),
     "evaluate": ("autoseg.evaluation.cli", "DSC / NSD / HD95 of a prediction folder against ground truth"),
     "evaluate_cv": ("autoseg.evaluation.cv_cli", "end-to-end cross-validation of a trainer's folds: metrics and postprocessing"),
     "find_best_configuration": ("autoseg.evaluation.cv_cli", "compare cross-validated trainers and ensembles, print the inference command"),

@@ -12,6 +12,7 @@ import numpy as np
 
 from autoseg import AutosegError
 from autoseg.integrity import has_nonfinite
+from autoseg.imperfect import check_labelled_classes, check_unlabelled, parse_labelled_classes
 from autoseg.io import Geometry, read_image, strip_suffix
 from autoseg.paths import find_dataset_folder, raw_root
 from autoseg.utils import load_json
@@ -61,7 +62,7 @@ class RawDataset:
         ending = dj["file_ending"]
         channels = {str(k): v for k, v in dj["channel_names"].items()}
         cases = _cases_from_folder(folder / "imagesTr", folder / "labelsTr", ending, len(channels))
-        partial = dj.get("labelled_classes", {})
+        partial = parse_labelled_classes(dj.get("labelled_classes"), str(dj_path))
         for c in cases:
             if c.case_id in partial:
                 c.labelled_classes = [int(v) for v in partial[c.case_id]]
@@ -196,6 +197,7 @@ def check_integrity(ds: RawDataset, num_workers: int = 2) -> list[str]:
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
         for p in pool.map(lambda c: check_case(ds, c), ds.cases):
             problems.extend(p)
+    problems += check_labelled_classes(ds) + check_unlabelled(ds, num_workers)
     if ds.labels:
         log.info("checked %d cases of %s: %d problem(s)", len(ds.cases), ds.name, len(problems))
     return problems

@@ -2,7 +2,10 @@
 
 Partially labelled data marks voxels that nobody annotated with -1; those voxels must not count as
 background, so both terms exclude them (not just cross-entropy, as ``ignore_index`` alone would do).
-Deep-supervision targets are downsampled here, on the loss's device, so data-loading workers never
+Partially labelled cases (each annotates only some classes) get the marginal loss: the probabilities
+of the classes a case does not annotate are merged into background before Dice + CE (its background
+voxels may be any of them), plus an exclusion term (voxels of an annotated organ are certainly none of
+the unannotated ones). Deep-supervision targets are downsampled here, on the loss's device, so data-loading workers never
 have to build one label map per output resolution.
 """
 from __future__ import annotations
@@ -84,6 +87,65 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_weigh
     return ce.sum() / norm.clamp_min(1e-8)
 
 
+def _annotated_mask(annotated: torch.Tensor, k: int, ndim: int) -> torch.Tensor:
+    """(B, K) bool -> (B, K, 1, ...) bool broadcastable over the spatial axes; background always kept."""
+    ann = annotated.to(torch.bool).clone()
+    if ann.shape[1] != k:
+        raise ValueError(f"annotated has {ann.shape[1]} classes, logits {k}")
+    ann[:, 0] = True
+    return ann.view(*ann.shape, *([1] * (ndim - 2)))
+
+
+def marginal_log_probs(logits: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """log-softmax with each case's unannotated classes merged into background (channel 0 holds
+    log(p_bg + sum of unannotated p)); unannotated channels are -inf (never a target there)."""
+    logp = torch.log_softmax(logits.float(), 1)
+    ann = _annotated_mask(annotated, logits.shape[1], logits.ndim)
+    merge = ~ann
+    merge[:, 0] = True
+    neg_inf = torch.finfo(logp.dtype).min
+    bg = torch.logsumexp(logp.masked_fill(~merge, neg_inf), 1, keepdim=True)
+    out = logp.masked_fill(~ann, neg_inf)
+    return torch.cat([bg, out[:, 1:]], 1)
+
+
+def marginal_dice_ce(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor, batch_dice: bool = False,
+                     smooth: float = 1e-5, class_weights: torch.Tensor | None = None,
+                     ignore_label: int = IGNORE_LABEL, weight_ce: float = 1.0, weight_dice: float = 1.0,
+                     weight_exclusion: float = 1.0) -> torch.Tensor:
+    """Marginal Dice + CE (and exclusion) for cases annotating only the classes ``annotated`` (B, K) marks."""
+    target = _as_index_target(target)
+    valid = target != ignore_label
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    logp = marginal_log_probs(logits, annotated)
+    loss = logits.new_zeros((), dtype=torch.float32)
+    w = class_weights.to(logits.device, torch.float32) if class_weights is not None else None
+    if weight_ce:
+        ce = F.nll_loss(logp, safe, weight=w, reduction="none") * valid
+        norm = valid.sum() if w is None else (w[safe] * valid).sum()
+        loss = loss + weight_ce * ce.sum() / norm.clamp_min(1e-8)
+    ann = _annotated_mask(annotated, logits.shape[1], logits.ndim)
+    probs = logp.exp() * valid.unsqueeze(1)
+    onehot = F.one_hot(safe, logits.shape[1]).movedim(-1, 1).to(probs.dtype) * valid.unsqueeze(1)
+    axes = tuple(range(2, probs.ndim)) if not batch_dice else (0, *range(2, probs.ndim))
+    keep = ann[:, 1:].flatten(2).any(-1)
+    if batch_dice:
+        keep = keep.any(0)
+    if weight_dice and bool(keep.any()):
+        p, o = probs[:, 1:], onehot[:, 1:]
+        dice = (2 * (p * o).sum(axes) + smooth) / (p.sum(axes) + o.sum(axes) + smooth).clamp_min(1e-8)
+        cw = keep.to(dice.dtype) * (w[1:] if w is not None else 1.0)
+        loss = loss - weight_dice * (dice * cw).sum() / cw.sum().clamp_min(1e-8)
+    unann = ~ann[:, 1:].flatten(2).any(-1)
+    if weight_exclusion and bool(unann.any()):
+        sure = ((safe > 0) & valid).unsqueeze(1).to(probs.dtype)  # voxels of an annotated organ
+        p_all = torch.softmax(logits.float(), 1)[:, 1:] * valid.unsqueeze(1)
+        sp = tuple(range(2, p_all.ndim))
+        overlap = (2 * (p_all * sure).sum(sp)) / (p_all.sum(sp) + sure.sum(sp) + smooth)
+        loss = loss + weight_exclusion * (overlap * unann).sum() / unann.sum()
+    return loss
+
+
 class DiceCELoss(nn.Module):
     """``weight_ce * CE + weight_dice * (soft Dice loss)``, both blind to ``ignore_label`` voxels.
 
@@ -93,8 +155,9 @@ class DiceCELoss(nn.Module):
 
     def __init__(self, batch_dice: bool = False, weight_ce: float = 1.0, weight_dice: float = 1.0,
                  smooth: float = 1e-5, ignore_label: int = IGNORE_LABEL,
-                 class_weights: torch.Tensor | None = None) -> None:
+                 class_weights: torch.Tensor | None = None, weight_exclusion: float = 1.0) -> None:
         super().__init__()
+        self.weight_exclusion = weight_exclusion
         self.batch_dice = batch_dice
         self.weight_ce = weight_ce
         self.weight_dice = weight_dice
@@ -102,7 +165,12 @@ class DiceCELoss(nn.Module):
         self.ignore_label = ignore_label
         self.class_weights = class_weights
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                annotated: torch.Tensor | None = None) -> torch.Tensor:
+        """``annotated`` (B, K) bool: classes each case annotates; None = all (the plain loss)."""
+        if annotated is not None and not bool(annotated[:, 1:].all()):
+            return marginal_dice_ce(logits, target, annotated, self.batch_dice, self.smooth, self.class_weights,
+                                    self.ignore_label, self.weight_ce, self.weight_dice, self.weight_exclusion)
         loss = logits.new_zeros((), dtype=torch.float32)
         if self.weight_ce:
             loss = loss + self.weight_ce * masked_cross_entropy(logits, target, self.class_weights,
@@ -126,9 +194,11 @@ class DeepSupervisionLoss(nn.Module):
         self.loss = loss
         self.weights = list(weights) if weights is not None else None
 
-    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor,
+                **kwargs: torch.Tensor) -> torch.Tensor:
+        """``kwargs`` (e.g. ``annotated``) go to the per-output loss unchanged."""
         if isinstance(outputs, torch.Tensor):
-            return self.loss(outputs, target)
+            return self.loss(outputs, target, **kwargs)
         weights = self.weights or deep_supervision_weights(len(outputs))
         if len(weights) < len(outputs):
             raise ValueError(f"{len(outputs)} deep-supervision outputs but only {len(weights)} weights")
@@ -137,14 +207,15 @@ class DeepSupervisionLoss(nn.Module):
             if w == 0:
                 term = out.sum() * 0.0
             else:
-                term = w * self.loss(out, downsample_target(target, out.shape[2:]))
+                term = w * self.loss(out, downsample_target(target, out.shape[2:]), **kwargs)
             total = term if total is None else total + term
         return total
 
 
-def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor,
-                       ignore_label: int = IGNORE_LABEL) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per foreground class (tp, fp, fn) voxel counts of argmax(logits), summed over the batch.
+def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor, ignore_label: int = IGNORE_LABEL,
+                       annotated: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per foreground class (tp, fp, fn) voxel counts of argmax(logits), summed over the batch
+    (``annotated`` (B, K): a class counts only in the samples whose case annotates it).
 
     Summed over an epoch's validation batches they give the cheap "pseudo DSC" logged each epoch.
     """
@@ -154,6 +225,8 @@ def pseudo_dice_counts(logits: torch.Tensor, target: torch.Tensor,
     k = logits.shape[1]
     tp, fp, fn = [], [], []
     for c in range(1, k):
+        if annotated is not None:
+            valid = (target != ignore_label) & annotated[:, c].to(torch.bool).view(-1, *[1] * (target.ndim - 1))
         p = (pred == c) & valid
         g = target == c
         tp.append((p & g).sum())

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from autoseg.evaluation.folder import default_out_dir, evaluate_folder, labels_from_dataset_json
+from autoseg.evaluation.partial import labelled_classes_from_json
 from autoseg.evaluation.summary import format_summary_table
 
 
@@ -18,7 +19,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--tolerances", default="flare22",
                         help="NSD tolerances: flare21 | flare22 | flare23 | a number of mm for every class")
     parser.add_argument("--labels", "--dataset-json", dest="labels", default=None, metavar="DATASET_JSON",
-                        help="dataset.json naming the labels (default: -t's, else the one beside the GT folder)")
+                        help="dataset.json naming the labels and any per-case labelled_classes "
+                             "(default: -t's, else the one beside the GT folder)")
     parser.add_argument("-t", "-d", "--task", default=None, metavar="ID",
                         help="raw dataset id or name whose dataset.json names the labels ($AUTOSEG_RAW)")
     parser.add_argument("--align", action="store_true",
@@ -30,7 +32,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run folder evaluation from parsed arguments, print the table; AutosegError propagates to the caller."""
-    labels = None
+    labels = labelled = None
     dataset_json = args.labels
     if dataset_json is None and getattr(args, "task", None):
         from autoseg.paths import find_dataset_folder, raw_root
@@ -38,9 +40,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         dataset_json = find_dataset_folder(args.task, raw_root()) / "dataset.json"
     if dataset_json:
         labels = {name: value for value, name in labels_from_dataset_json(Path(dataset_json)).items()}
+        labelled = labelled_classes_from_json(dataset_json)
     out = Path(args.out) if args.out else default_out_dir(Path(args.pred))
     summary = evaluate_folder(args.gt, args.pred, out, labels=labels, tolerances=args.tolerances,
-                              align=args.align, num_workers=args.num_workers, progress=not args.no_progress)
+                              align=args.align, num_workers=args.num_workers, progress=not args.no_progress,
+                              labelled_classes=labelled)
     print(format_summary_table(summary))
     print(f"wrote {out / 'metrics.csv'} and {out / 'summary.json'}")
     for cid, reason in summary["failed"].items():

@@ -24,6 +24,7 @@ from autoseg.io import IMAGE_SUFFIXES, Geometry, read_header, strip_suffix
 from autoseg.utils import atomic_path, load_json, save_json
 from autoseg.evaluation.metrics import METRIC_KEYS, compute_metrics, label_names
 from autoseg.evaluation.summary import summarise
+from autoseg.evaluation.partial import annotated_case_counts, drop_unannotated, find_labelled_classes
 from autoseg.evaluation.tolerances import get_preset, resolve_tolerances
 
 log = logging.getLogger(__name__)
@@ -202,14 +203,17 @@ def _num(x: float) -> str:
 
 def evaluate_folder(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                     labels: Mapping[str, int] | None = None, tolerances: str | float = "flare22",
-                    align: bool = False, num_workers: int = 2, progress: bool = True) -> dict:
+                    align: bool = False, num_workers: int = 2, progress: bool = True,
+                    labelled_classes: Mapping[str, Iterable[int]] | None = None) -> dict:
     """Score every prediction in ``pred_dir`` against the same-named label map in ``gt_dir``.
 
     Writes metrics.csv and summary.json to ``out_dir`` (default: ``default_out_dir(pred_dir)``) and
     returns the summary. ``labels`` (name -> value) defaults to the dataset.json beside ``gt_dir``,
     else to the values present, named ``label_<v>``. A GT case without a usable prediction (missing
     file, unreadable, wrong grid without ``align``... ) is scored as an empty prediction, so it
-    counts 0 for each class its GT holds and is listed in ``scored_as_empty``; it is never dropped.
+    counts 0 for each class its GT holds and is listed in ``scored_as_empty``; it is never dropped. ``labelled_classes``
+    ({case: annotated label ids}, default: that dataset.json's) limits partially labelled cases to the
+    classes they annotate.
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(pred_dir)
@@ -250,8 +254,10 @@ def evaluate_folder(gt_dir: str | os.PathLike, pred_dir: str | os.PathLike, out_
         per_case[cid] = res  # type: ignore[assignment]
     per_case = dict(sorted(per_case.items()))
     names = _complete_labels(per_case, names)
+    drop_unannotated(per_case, labelled_classes if labelled_classes is not None else find_labelled_classes(gt_dir))
     tol, _ = resolve_tolerances(names, tolerances)
     summary = summarise(per_case, names, tol, get_preset(tolerances).name)
+    summary.update(annotated_case_counts(per_case, names))
     summary.update({"gt_dir": str(gt_dir), "pred_dir": str(pred_dir), "out_dir": str(out_dir),
                     "missing_predictions": missing_pred, "missing_ground_truth": missing_gt,
                     "failed": dict(sorted(failed.items())), "scored_as_empty": empty,

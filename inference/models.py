@@ -17,6 +17,7 @@ from autoseg import AutosegError
 from autoseg.paths import dataset_name, find_dataset_folder, results_root
 from autoseg.plans import num_outputs, plans_subdir, stage_classes, stage_in_channels, validate_plans
 from autoseg.provenance import check_checkpoint_record, check_same_origin
+from autoseg.checkpoints import inference_weights
 from autoseg.utils import load_json
 from autoseg.inference.postprocessing import merge_fold_rules
 
@@ -167,7 +168,7 @@ def read_checkpoint(source: str | os.PathLike | bytes, where: str | os.PathLike 
     except Exception as e:
         raise AutosegError(f"{where}: unreadable checkpoint, or one weights_only=True refuses "
                            f"({str(e).strip().splitlines()[0][:160]})") from None
-    if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "plans" not in ckpt:
+    if not isinstance(ckpt, dict) or "plans" not in ckpt or not ({"network_weights", "networks"} & set(ckpt)):
         raise AutosegError(f"{where}: not an autoseg checkpoint (needs 'network_weights' and 'plans')")
     return ckpt
 
@@ -196,7 +197,7 @@ def load_stage_model(stage: str, checkpoints: Sequence[str | os.PathLike], devic
         net = build_network(p["stages"][stage]["network"], stage_in_channels(p, stage), num_outputs(p, stage),
                             deep_supervision=False)
         try:
-            net.load_state_dict(ckpt["network_weights"])
+            net.load_state_dict(inference_weights(ckpt, str(path)))  # the network the checkpoint names
         except RuntimeError as e:
             raise AutosegError(f"{path}: weights do not fit the plans' network ({str(e).splitlines()[0][:160]})") from None
         if hasattr(net, "deep_supervision"):

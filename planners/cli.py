@@ -43,4 +43,10 @@ def run_from_args(args: argparse.Namespace) -> int:
                               num_parts=args.num_parts, part_id=args.part_id,
                               plans_name=args.plans_name)
     print(f"preprocessed data in {out}")
+    marker = out / "unlabelled" / "crop_source.json"
+    if marker.is_file():
+        import json
+
+        info = json.loads(marker.read_text())
+        print(f"unlabelled images: {info['num_cases']} (crops from {info['source'].split(':')[0]})")
     return 0

@@ -107,6 +107,12 @@ def plan_and_preprocess(task: str | int, planner: str | None = None, stages: lis
     todo = [s for s in plans["stages"] if not stages or s in stages]
     part = dataclasses.replace(ds, cases=shard(ds.cases, num_parts, part_id, key=lambda c: c.case_id))
     preprocess_dataset(part, plans, out / plans_subdir(plans_name), todo, num_workers, progress)
+    if ds.unlabelled:
+        from autoseg.preprocessing.unlabelled import model_crop_boxes, preprocess_unlabelled
+
+        boxes, source = model_crop_boxes(ds.name)
+        n = preprocess_unlabelled(ds, plans, out / plans_subdir(plans_name), todo, boxes, source, progress)
+        log.info("%d unlabelled image(s) preprocessed (crops from %s)", n, source.split(":")[0])
     t4 = time.perf_counter()
     src, dst = ds.folder / "dataset.json", out / "dataset.json"
     if not dst.exists() or dst.read_bytes() != src.read_bytes():  # label names travel with the cache

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import autoseg.preprocessing.resample as rs
 from autoseg.preprocessing import (bbox_with_margin, compute_new_shape, crop_to_body, needs_anisotropic,
                                    normalize_ct, resample_image, resample_labels, resample_logits)
-from autoseg.preprocessing.preprocessor import stage_lut, tumours_to_hosts
+from autoseg.preprocessing.preprocessor import annotated_stage_classes, stage_lut, tumours_to_hosts
 
 
 def _smooth(shape, seed=0):
@@ -133,7 +133,10 @@ def test_stage_lut_partial_labels_and_tumours_to_hosts():
              "stages": {"organ": {"classes": [1, 2]}, "tumour": {"classes": [3]}, "roi": {"classes": "foreground"}}}
     assert stage_lut(plans, "organ", 3, None).tolist() == [0, 1, 2, 0]
     assert stage_lut(plans, "roi", 3, None).tolist() == [0, 1, 1, 1]
-    assert stage_lut(plans, "organ", 3, [1, 3]).tolist() == [-1, 1, 2, 0]   # spleen not annotated
+    # spleen not annotated: background 0 means "background or spleen" (the marginal loss merges them)
+    assert stage_lut(plans, "organ", 3, [1, 3]).tolist() == [0, 1, 0, 0]
+    assert annotated_stage_classes(plans, "organ", [1, 3]) == [1] and annotated_stage_classes(plans, "organ", None) is None
+    assert stage_lut(plans, "roi", 3, [1, 3]).tolist() == [-1, 1, 1, 1]  # binary stage: background unknown
     assert stage_lut(plans, "tumour", 3, [1, 2]).tolist() == [-1, -1, -1, -1]  # no tumour annotation at all
     lab = np.zeros((10, 10, 10), np.uint8)
     lab[2:8, 2:8, 2:8] = 1

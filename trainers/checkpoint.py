@@ -106,3 +106,15 @@ def load_pretrained(network: nn.Module, path: str | os.PathLike) -> tuple[list[s
     log.info("pretrained %s: loaded %d tensors, skipped %d%s", path, len(loaded), len(skipped),
              f": {', '.join(skipped)}" if skipped else "")
     return loaded, skipped
+
+
+def most_advanced_checkpoint(folder: Path) -> Path | None:
+    """The one of ``checkpoint_final.pt``/``checkpoint_latest.pt`` in ``folder`` with the higher epoch."""
+    best: tuple[int, Path] | None = None
+    for name in ("checkpoint_final.pt", "checkpoint_latest.pt"):
+        p = Path(folder) / name
+        if p.is_file():
+            epoch = int(load_checkpoint(p).get("epoch", 0))
+            if best is None or epoch > best[0]:
+                best = (epoch, p)
+    return best[1] if best else None

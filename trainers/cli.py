@@ -26,6 +26,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (opt-in)")
     parser.add_argument("-nw", "--num-workers", type=int, default=None, dest="num_workers",
                         help="data augmentation worker processes per GPU/process (0: in-process)")
+    parser.add_argument("--seed", type=int, default=None, help="override the trainer's random seed")
     parser.add_argument("--no-amp", action="store_false", dest="amp", default=None,
                         help="train in float32 (default: fp16 autocast on CUDA, bf16 on CPUs with bf16 units)")
     return parser
@@ -39,6 +40,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                           continue_training=args.continue_training, pretrained=args.pretrained,
                           trainer_path=args.trainer_path, num_workers=args.num_workers, compile=args.compile,
                           preprocessed=getattr(args, "preprocessed", None),
-                          results=getattr(args, "results", None), amp=args.amp, plans_name=args.plans_name)
+                          results=getattr(args, "results", None), amp=args.amp, plans_name=args.plans_name,
+                          seed=getattr(args, "seed", None))
     print(f"results: {folder}")
     return 0

@@ -114,6 +114,7 @@ class CaseStore:
             locs = props.get("class_locations") or {}
             props["_locations"] = {int(k): np.asarray(v, dtype=np.int64).reshape(-1, 3)
                                    for k, v in locs.items() if len(v)}
+            props["_annotated"] = None if props.get("unlabelled") else props.get("annotated_classes")
             self._props[case_id] = props
         return self._props[case_id]
 
@@ -153,10 +154,12 @@ class PatchSampler:
     """
 
     def __init__(self, store: CaseStore, case_ids: Sequence[str], batch_size: int, patch_size: Sequence[int],
-                 oversample_foreground: float = 0.33, spatial: SpatialAugmenter | None = None) -> None:
+                 oversample_foreground: float = 0.33, spatial: SpatialAugmenter | None = None,
+                 num_classes: int | None = None) -> None:
         if not case_ids:
             raise AutosegError(f"{store.folder}: no cases to sample patches from")
         self.store, self.case_ids, self.batch_size = store, list(case_ids), int(batch_size)
+        self.num_classes = num_classes
         self.patch = [int(s) for s in patch_size]
         self.oversample_foreground = oversample_foreground
         self.spatial = spatial
@@ -185,6 +188,20 @@ class PatchSampler:
         seg = crop_padded(lbl, lo, size, IGNORE_LABEL, np.int8)
         return self.spatial.apply(data, seg, params, [c - o for c, o in zip(center, lo)])
 
+    def annotated(self, case_id: str) -> np.ndarray:
+        """(K,) bool over output channels (0 = background): which classes the case annotates. A partially
+        labelled case lists its stage-local classes in ``annotated_classes``; unlabelled caches none."""
+        props = self.store.properties(case_id)
+        out = np.zeros(self.num_classes or 0, dtype=bool)
+        if props.get("unlabelled"):
+            return out
+        listed = props["_annotated"]
+        out[:] = listed is None
+        if listed is not None:
+            out[0] = True
+            out[[int(c) for c in listed if 0 < int(c) < out.size]] = True
+        return out
+
     def sample_batch(self) -> dict[str, Any]:
         data, seg, keys = [], [], []
         for _ in range(self.batch_size):
@@ -193,7 +210,10 @@ class PatchSampler:
             data.append(d)
             seg.append(s)
             keys.append(case_id)
-        return {"data": np.stack(data), "seg": np.stack(seg), "keys": keys}
+        batch = {"data": np.stack(data), "seg": np.stack(seg), "keys": keys}
+        if self.num_classes:
+            batch["annotated"] = np.stack([self.annotated(k) for k in keys])
+        return batch
 
 
 def seed_process(seed: int) -> None:
@@ -211,12 +231,19 @@ class BatchStream(IterableDataset):
     def __init__(self, sampler: PatchSampler, transforms: Callable | None, seed: int, start: int = 0) -> None:
         self.sampler, self.transforms, self.seed, self.start = sampler, transforms, seed, start
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
+    def next_batch(self) -> dict[str, Any]:
+        """data, seg, the case ids (``keys``) and, when the sampler knows the class count,
+        ``annotated`` (B, K) bool and ``labelled`` (B,) bool (False: an unlabelled case)."""
         batch = self.sampler.sample_batch()
+        keys, annotated = batch["keys"], batch.get("annotated")
         if self.transforms is not None:
             batch = self.transforms(**batch)
-        return {"data": torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32)),
-                "seg": torch.from_numpy(np.ascontiguousarray(batch["seg"], dtype=np.int8))}
+        out = {"data": torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32)),
+               "seg": torch.from_numpy(np.ascontiguousarray(batch["seg"], dtype=np.int8)), "keys": list(keys)}
+        if annotated is not None:
+            out["annotated"] = torch.from_numpy(annotated)
+            out["labelled"] = out["annotated"].any(1)
+        return out
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -268,7 +295,7 @@ class BatchLoader:
     def __iter__(self) -> "BatchLoader":
         return self
 
-    def __next__(self) -> dict[str, torch.Tensor]:
+    def __next__(self) -> dict[str, Any]:
         if self._it is None:
             self._it = self._start()
         return next(self._it)

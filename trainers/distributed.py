@@ -69,6 +69,14 @@ def split_batch(batch_size: int, n: int, r: int) -> int:
     return batch_size // n + (1 if r < batch_size % n else 0)
 
 
+def wrap(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The network in DistributedDataParallel when distributed; itself otherwise."""
+    if not is_distributed():
+        return network
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(network, device_ids=ids)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

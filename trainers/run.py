@@ -46,7 +46,7 @@ def run_training(stage: str, trainer: str, task: str | int, fold: str | int, epo
                  pretrained: str | os.PathLike | None = None, trainer_path: str | os.PathLike | None = None,
                  num_workers: int | None = None, compile: bool = False,
                  preprocessed: str | os.PathLike | None = None, results: str | os.PathLike | None = None,
-                 amp: bool | None = None, plans_name: str | None = None) -> Path:
+                 amp: bool | None = None, plans_name: str | None = None, seed: int | None = None) -> Path:
     """Train one stage/fold with the named trainer class; returns the fold's results folder.
     ``plans_name``: train on ``plans_NAME.json`` (its caches and results live in ``plans_NAME/``)."""
     cls = find_trainer(trainer, trainer_path)  # first: a typo should not wait for the dataset lookup
@@ -71,7 +71,7 @@ def run_training(stage: str, trainer: str, task: str | int, fold: str | int, epo
         output = results_root(results) / plans["dataset_name"] / sub / stage / cls.__name__ / f"fold_{fold}"
         t = cls(plans, stage, fold, cache_folder, dev, output, num_epochs=epochs,
                 iters_per_epoch=iters_per_epoch, num_workers=num_workers, compile=compile, amp=amp,
-                pretrained=pretrained)
+                pretrained=pretrained, seed=seed)
         with _sigterm_as_exit():
             folder = t.fit(continue_training)
         if t.is_main:

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -31,12 +31,17 @@ from autoseg.provenance import check_cache_plans, checkpoint_provenance
 from autoseg.utils import seed_everything
 from autoseg.trainers import distributed as ddp
 from autoseg.devices import cpu_bf16_supported, resolve_device
-from autoseg.trainers.checkpoint import load_checkpoint, load_pretrained, rng_state, save_checkpoint, set_rng_state
+from autoseg.trainers.checkpoint import (load_checkpoint, load_pretrained, most_advanced_checkpoint, rng_state,
+                                        save_checkpoint, set_rng_state)
+from autoseg.trainers.networks_state import MAIN, NetworkSlot, load_slots, slots_payload
 from autoseg.trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler, seed_process
 from autoseg.trainers.progress import TrainingLog, epoch_bar
 from autoseg.trainers.saliency import with_saliency_perturbation
 from autoseg.trainers.schedule import PolyLR
 from autoseg.trainers.splits import fold_cases, load_or_create_splits, parse_fold
+
+if TYPE_CHECKING:
+    from autoseg.trainers.validation import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class Trainer:
     channels_last: bool = False  # measured slower with bf16 on CPU (oneDNN reorders); opt-in
     validation_mirror_axes: tuple[int, ...] | None = None
     validation_tolerances: str = "flare22"
+    network_names: tuple[str, ...] = (MAIN,)  # one slot per network this trainer owns
+    inference_network: str = MAIN  # the slot the checkpoint tells inference to use
 
     def __init__(self, plans: dict, stage: str, fold: int | str, dataset_folder: str | os.PathLike,
                  device: str | torch.device = "auto", output_folder: str | os.PathLike | None = None, *,
@@ -177,8 +184,9 @@ class Trainer:
         """Training and per-epoch validation loaders (the caller closes them)."""
         store = CaseStore(self.dataset_folder / self.stage, self.train_cases + self.val_cases)
         tr = PatchSampler(store, self.train_cases, self.batch_size, self.patch_size, self.oversample_foreground,
-                          self.spatial_augmenter())
-        va = PatchSampler(store, self.val_cases, self.batch_size, self.patch_size, self.oversample_foreground)
+                          self.spatial_augmenter(), self.num_classes)
+        va = PatchSampler(store, self.val_cases, self.batch_size, self.patch_size, self.oversample_foreground,
+                          num_classes=self.num_classes)
         seed = self.seed + 7919 * self.rank
         pin = self.device.type == "cuda"
         val_workers = 0 if self.num_workers == 0 else max(1, self.num_workers // 2)
@@ -218,23 +226,35 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
         self.setup_cases()
         self._adopt_network_config()
-        self.network = self.build_network().to(self.device)
-        self._check_network_class()
         self.memory_format = torch.channels_last_3d if self.use_channels_last() else torch.contiguous_format
-        self.network = self.network.to(memory_format=self.memory_format)
-        if self.pretrained:
-            load_pretrained(self.network, self.pretrained)
+        self.slots = {name: self.build_slot(name) for name in self.network_names}
+        self.use_slot(self.inference_network)
         self.loss = self.build_loss()
-        self.optimizer, self.lr_scheduler = self.configure_optimizer()
-        self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.model: nn.Module = self.network
-        if ddp.is_distributed():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
-        if self.compile:
-            self.model = torch.compile(self.model)
         seed_process(self.seed + 7919 * self.rank)
         self.initialized = True
+
+    def build_slot(self, name: str) -> NetworkSlot:
+        """One network with its optimiser, schedule, grad scaler and DDP/compile wrapper. The hooks
+        (``build_network``, ``configure_optimizer``) see ``self.network`` = the network being built."""
+        net = self.build_network().to(self.device).to(memory_format=self.memory_format)
+        self.network = net
+        self._check_network_class()
+        if self.pretrained:
+            load_pretrained(net, self.pretrained)
+        opt, sched = self.configure_optimizer()
+        scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        model = ddp.wrap(net, self.device)
+        return NetworkSlot(name, net, opt, sched, scaler, torch.compile(model) if self.compile else model)
+
+    def use_slot(self, name: str) -> None:
+        """Point ``network``/``model``/``optimizer``/``lr_scheduler``/``grad_scaler`` at one slot."""
+        slot = self.slots[name]
+        self.network, self.model, self.optimizer = slot.network, slot.model, slot.optimizer
+        self.lr_scheduler, self.grad_scaler = slot.lr_scheduler, slot.grad_scaler
+
+    def set_train_mode(self, train: bool) -> None:
+        for slot in self.slots.values():
+            slot.network.train(train)
 
     # ----- steps -------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -251,36 +271,36 @@ class Trainer:
         data = batch["data"].to(self.device, non_blocking=nb).contiguous(memory_format=self.memory_format)
         return data, batch["seg"].to(self.device, non_blocking=nb)
 
+    def annotated_classes(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """(B, K) bool: classes each patch's case annotates (partial labels: marginal + exclusion loss);
+        None when every case annotates every class (the plain loss). Override to change the regime."""
+        ann = batch.get("annotated")
+        return None if ann is None or bool(ann.all()) else ann.to(self.device)
+
+    def compute_loss(self, output: Any, target: torch.Tensor, annotated: torch.Tensor | None) -> torch.Tensor:
+        return self.loss(output, target) if annotated is None else self.loss(output, target, annotated=annotated)
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         data, target = self.to_device(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        annotated = self.annotated_classes(batch)
         with self.autocast():
             output = self.model(data)
-            loss = self.loss(output, target)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-            self.optimizer.step()
+            loss = self.compute_loss(output, target, annotated)
+        self.slots[self.inference_network].step(loss, self.grad_clip)
         return {"loss": loss.detach()}
 
     def validation_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         data, target = self.to_device(batch)
         with self.autocast():
             output = self.model(data)
-            loss = self.loss(output, target)
+            loss = self.compute_loss(output, target, annotated := self.annotated_classes(batch))
         logits = output[0] if isinstance(output, (list, tuple)) else output
-        tp, fp, fn = pseudo_dice_counts(logits, target)
+        tp, fp, fn = pseudo_dice_counts(logits, target, annotated=annotated)
         return {"loss": loss.detach(), "tp": tp, "fp": fp, "fn": fn}
 
     # ----- epochs ------------------------------------------------------------------------------
     def on_epoch_start(self) -> None:
-        self.network.train()
+        self.set_train_mode(True)
 
     def run_epoch(self, train_loader: Iterator, val_loader: Iterator) -> None:
         self.on_epoch_start()
@@ -295,7 +315,7 @@ class Trainer:
             bar.update()
         bar.close()
         self.last_train_time, self.last_loader_wait = time.perf_counter() - t0, wait
-        self.network.eval()
+        self.set_train_mode(False)
         with torch.no_grad():
             val_out = [self.validation_step(next(val_loader)) for _ in range(self.num_val_iters)]
         self.on_epoch_end(train_out, val_out, time.perf_counter() - t0)
@@ -323,7 +343,8 @@ class Trainer:
         self.progress.append(train_loss=float(train_loss), val_loss=float(val_loss), pseudo_dice=dice,
                         ema_dice=ema, lr=lr, epoch_time=epoch_time,
                         patches_per_s=patches / max(self.last_train_time, 1e-9))
-        self.lr_scheduler.step()
+        for slot in self.slots.values():
+            slot.lr_scheduler.step()
         self.current_epoch += 1
         dice_txt = ", ".join(f"{n} {d:.4f}" for n, d in zip(self.class_names, dice))
         self.write_log(f"epoch {self.current_epoch}/{self.num_epochs}: train loss {float(train_loss):.4f}, "
@@ -354,14 +375,10 @@ class Trainer:
         """Counterpart of ``extra_state``."""
 
     def checkpoint_payload(self) -> dict[str, Any]:
-        weights = {k: v.contiguous() for k, v in self.network.state_dict().items()}
-        return {"network_weights": weights, "plans": self.plans, "stage": self.stage,
+        return {**slots_payload(self.slots, self.inference_network), "plans": self.plans, "stage": self.stage,
                 "provenance": checkpoint_provenance(self.plans, self.stage),
                 "trainer_name": type(self).__name__, "fold": str(self.fold), "epoch": self.current_epoch,
                 "num_epochs": self.num_epochs, "iters_per_epoch": self.iters_per_epoch,
-                "optimizer_state": self.optimizer.state_dict(),
-                "lr_scheduler_state": self.lr_scheduler.state_dict(),
-                "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
                 "rng_state": rng_state(), "logs": self.progress.state(), "best_ema": self.best_ema,
                 "extra_state": self.extra_state()}
 
@@ -373,13 +390,10 @@ class Trainer:
         """Restore weights, optimiser, schedule, grad scaler, RNGs and logs: training resumes exactly."""
         self.initialize()
         ckpt = load_checkpoint(path, "cpu")  # RNG states must stay on the CPU; load_state_dict moves the rest
-        self.network.load_state_dict(ckpt["network_weights"])
-        self.optimizer.load_state_dict(ckpt["optimizer_state"])
-        self.lr_scheduler.load_state_dict(ckpt["lr_scheduler_state"])
-        if isinstance(self.lr_scheduler, PolyLR):
-            self.lr_scheduler.max_epochs = self.num_epochs
-        if self.grad_scaler is not None and ckpt.get("grad_scaler_state"):
-            self.grad_scaler.load_state_dict(ckpt["grad_scaler_state"])
+        load_slots(self.slots, ckpt, str(path))
+        for slot in self.slots.values():
+            if isinstance(slot.lr_scheduler, PolyLR):
+                slot.lr_scheduler.max_epochs = self.num_epochs
         self.current_epoch = int(ckpt["epoch"])
         self.best_ema = float(ckpt.get("best_ema", -math.inf))
         self.progress.load_state(ckpt.get("logs", {}), self.current_epoch)
@@ -391,14 +405,7 @@ class Trainer:
 
     def resume_checkpoint(self) -> Path | None:
         """The most advanced of checkpoint_final/latest in the output folder, if any."""
-        best: tuple[int, Path] | None = None
-        for name in ("checkpoint_final.pt", "checkpoint_latest.pt"):
-            p = self.output_folder / name
-            if p.is_file():
-                epoch = int(load_checkpoint(p).get("epoch", 0))
-                if best is None or epoch > best[0]:
-                    best = (epoch, p)
-        return best[1] if best else None
+        return most_advanced_checkpoint(self.output_folder)
 
     # ----- the whole run -----------------------------------------------------------------------
     def fit(self, continue_training: bool = False) -> Path:
@@ -427,6 +434,12 @@ class Trainer:
                 f"ranks={self.world_size} epochs={self.num_epochs}x{self.iters_per_epoch} "
                 f"batch={self.batch_size}/rank patch={self.patch_size} workers={self.num_workers} amp={amp} "
                 f"compile={self.compile} train={len(self.train_cases)} val={len(self.val_cases)} cases")
+
+    def validation_predictor(self) -> "Predictor":
+        """What the final validation predicts with: the network the checkpoint names for inference."""
+        from autoseg.trainers.validation import network_predictor
+        return network_predictor(self.slots[self.inference_network].network, self.patch_size, self.num_classes,
+                                 self.device, self.validation_mirror_axes, self.amp_dtype is not None)
 
     def final_validation(self) -> None:
         """Sliding-window prediction of the fold's validation cases -> validation/ + postprocessing.json."""

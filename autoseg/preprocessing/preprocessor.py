@@ -102,22 +102,38 @@ def tumours_to_hosts(lab: np.ndarray, tumour_labels: list[int], organ_labels: li
 
 
 def stage_lut(plans: dict, stage: str, max_value: int, labelled: list[int] | None) -> np.ndarray:
-    """Original label value -> stage-local index (0 bg, i+1 = stage_classes[i], -1 ignore)."""
+    """Original label value -> stage-local index (0 bg, i+1 = stage_classes[i], -1 ignore).
+
+    Partially labelled case (``labelled``: the classes it annotates): a stage with several classes keeps
+    background 0, meaning "background or a class this case does not annotate" (the marginal loss merges
+    them; ``annotated_stage_classes`` says which); a foreground/background stage cannot merge, so there
+    background becomes -1 (unknown). A case annotating none of the stage's classes is all -1.
+    """
     lut = np.zeros(max_value + 1, dtype=np.int8)
     classes = stage_classes(plans, stage)
-    if plans["stages"][stage]["classes"] == "foreground":
+    foreground = is_localiser(plans, stage)
+    if foreground:
         lut[1:] = 1
     else:
         for i, v in enumerate(classes):
-            if v <= max_value:
+            if v <= max_value and (labelled is None or v in labelled):
                 lut[v] = i + 1
     if labelled is not None:
-        wanted = [v for v in plans["labels"].values() if v != 0] if is_localiser(plans, stage) else classes
-        if not set(wanted) <= set(labelled):
-            lut[0] = -1  # background of a partially annotated case may hide an unannotated class
-            if not set(wanted) & set(labelled):
-                lut[:] = -1
+        wanted = [v for v in plans["labels"].values() if v != 0] if foreground else classes
+        if not set(wanted) & set(labelled):
+            lut[:] = -1
+        elif foreground and not set(wanted) <= set(labelled):
+            lut[0] = -1  # background of a partially annotated case may hide an unannotated organ
     return lut
+
+
+def annotated_stage_classes(plans: dict, stage: str, labelled: list[int] | None) -> list[int] | None:
+    """Stage-local indices (1-based) of the classes a partially labelled case annotates; None: all."""
+    if labelled is None:
+        return None
+    if plans["stages"][stage]["classes"] == "foreground":
+        return [1] if set(labelled) - {0} else []
+    return [i + 1 for i, v in enumerate(stage_classes(plans, stage)) if v in labelled]
 
 
 def class_locations(seg: np.ndarray, num_classes: int, seed: int) -> dict[str, list[list[int]]]:
@@ -171,7 +187,7 @@ def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], 
     if sal:  # a refinement stage: ground-truth masks of the saliency classes as extra channels
         data = np.concatenate([data, _saliency_channels(lab, box, sal, new_shape, aniso, device)])
     n_cls = len(stage_classes(plans, stage))
-    if lab is None:
+    if lab is None:  # an unlabelled image: every voxel unknown
         seg = np.full((1, *new_shape), -1, np.int8)
     else:
         lut = stage_lut(plans, stage, max([*boxes, *plans["labels"].values()]), case.labelled_classes)
@@ -190,15 +206,21 @@ def _process_stage(stage: str, plans: dict, case: Case, imgs: list[np.ndarray], 
     meta = {"case_id": case.case_id, "stage": stage, "spacing": target, "shape": list(new_shape),
             "original_geometry": geo.to_dict(), "crop_bbox": box,
             "class_locations": class_locations(seg[0], n_cls, seed), "stage_hash": stage_hash(plans, stage)}
+    if lab is None:
+        meta["unlabelled"] = True
     if case.labelled_classes is not None:
         meta["labelled_classes"] = case.labelled_classes
+        meta["annotated_classes"] = annotated_stage_classes(plans, stage, case.labelled_classes)
     write_case(folder, stage, case.case_id, data, seg, meta)
 
 
 def preprocess_case(case: Case, plans: dict, folder: str | os.PathLike, stages: list[str] | None = None,
-                    force: bool = False, device: str | torch.device = "auto") -> dict:
+                    force: bool = False, device: str | torch.device = "auto",
+                    crop_boxes: dict[int, BBox] | None = None) -> dict:
     """Preprocess one case for ``stages`` (default: all planned), skipping valid cached outputs.
-    Returns timing, the stages done and skipped, and this process's peak RSS."""
+    ``crop_boxes`` (label value -> box) places the crops of a case without labels (an unlabelled
+    image: boxes of a model's prediction, as at inference). Returns timing, the stages done and
+    skipped, and this process's peak RSS."""
     t0 = time.perf_counter()
     folder = Path(folder)
     stages = [s for s in stage_order(plans) if stages is None or s in stages]
@@ -212,7 +234,7 @@ def preprocess_case(case: Case, plans: dict, folder: str | os.PathLike, stages: 
             lab_img, lab = _view(case.label)  # lab_img owns the buffer lab views
             if not np.issubdtype(lab.dtype, np.integer):
                 lab = np.rint(lab).astype(np.int16)
-        boxes = label_bboxes(lab) if lab is not None else {}
+        boxes = label_bboxes(lab) if lab is not None else dict(crop_boxes or {})
         body = union_bbox(crop_to_body(imgs[0]), _union(boxes, boxes.keys())) or full_bbox(geo.shape)
         for s in todo:
             _process_stage(s, plans, case, imgs, lab, geo, body, boxes, folder, resolve_device(device))
@@ -263,5 +285,6 @@ def preprocess_dataset(ds: RawDataset, plans: dict, folder: str | os.PathLike, s
     return results
 
 
-__all__ = ["preprocess_case", "preprocess_dataset", "stage_bbox", "stage_lut", "tumours_to_hosts",
+__all__ = ["preprocess_case", "preprocess_dataset", "stage_bbox", "stage_lut", "annotated_stage_classes",
+           "tumours_to_hosts",
            "class_locations", "case_paths"]
