@@ -9,8 +9,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from autoseg.io import read_image  # noqa: E402
-
 
 def _best_slice(gt: np.ndarray, tumour_values: list[int]) -> int:
     """The axial slice that shows the most tumour, else the most foreground."""

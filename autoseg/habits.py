@@ -39,8 +39,8 @@ def nnunet_hint(argv: Sequence[str]) -> str | None:
         if len(pos) >= 2 and _ID.match(pos[0]) and (pos[1] in _CONFIGS or "-tr" in rest):
             trainer = _flag(rest, "-tr") or "Trainer"
             fold = pos[2] if len(pos) > 2 else "0"
-            return (f"autoseg run_training takes STAGE TRAINER ID FOLD, not nnU-Net's DATASET CONFIGURATION FOLD "
-                    f"-tr TRAINER; autoseg trains a cascade, one stage at a time:\n"
+            return ("autoseg run_training takes STAGE TRAINER ID FOLD, not nnU-Net's DATASET CONFIGURATION FOLD "
+                    "-tr TRAINER; autoseg trains a cascade, one stage at a time:\n"
                     + "\n".join(f"  autoseg run_training {s} {trainer} {pos[0]} {fold}" for s in ("roi", "organ", "tumour")))
     if command in ("run_inference", "find_best_configuration", "plan_and_preprocess") and "-c" in rest:
         kept = [a for i, a in enumerate(rest) if a != "-c" and (i == 0 or rest[i - 1] != "-c")]

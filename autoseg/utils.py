@@ -249,3 +249,14 @@ def parallel_map(fn: Any, jobs: list, num_workers: int, desc: str, progress: boo
             if pool is not None:
                 pool.terminate()
                 pool.join()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB blocks (checkpoints can be large)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

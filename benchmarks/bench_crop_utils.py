@@ -11,19 +11,14 @@ Median of ``--repeats`` timings, one thread. Run: ``python -m benchmarks.bench_c
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
+from benchmarks.measure import median_seconds
+
 
 def _median_ms(fn, repeats: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(ts))
+    return 1000 * median_seconds(fn, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:

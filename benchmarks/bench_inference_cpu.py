@@ -106,7 +106,8 @@ def precision(args: argparse.Namespace) -> dict:
 def tensors(args: argparse.Namespace) -> dict:
     import torch
 
-    from benchmarks.bench_inference_gpu import SHAPE, SPACING, _allow_missing_simpleitk, oracle_predictor, phantom
+    from benchmarks.bench_inference_gpu import (SHAPE, SPACING, _allow_missing_simpleitk, host_labels,
+                                                oracle_predictor, phantom)
     from benchmarks.tensor_memory import peak_tensor_bytes, peak_tensor_bytes_by_range
     _allow_missing_simpleitk()
     from autoseg.inference.predictor import CascadePredictor

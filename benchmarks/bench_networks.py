@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.measure import median_seconds
+
 NETWORKS = ["UNet", "ResEncUNet", "EfficientSegNet", "EfficientSegNetPublished", "SpatialConfigurationNet"]
 DATASET_ID = 512
 NAME = "Dataset512_NetBench"
@@ -79,15 +81,6 @@ def train(work: Path, epochs: int, iters: int, networks: list[str]) -> None:
                                                           "iterations": epochs * iters}))
 
 
-def _time(fn, repeats: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
 
 def speed(work: Path, repeats: int, networks: list[str], timing: bool = True) -> dict:
     """Per network: parameters, forward FLOPs per patch, inference s/patch (bf16 and fp32, no grad,
@@ -116,9 +109,9 @@ def speed(work: Path, repeats: int, networks: list[str], timing: bool = True) ->
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             net(x1)
         with torch.no_grad():
-            inf32 = _time(lambda: net(x1), repeats) if timing else None
+            inf32 = median_seconds(lambda: net(x1), repeats) if timing else None
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                inf16 = _time(lambda: net(x1), repeats) if timing else None
+                inf16 = median_seconds(lambda: net(x1), repeats) if timing else None
             _, inf_peak = peak_tensor_bytes(lambda: net(x1))
         net.train()
         net.deep_supervision = True
@@ -133,7 +126,7 @@ def speed(work: Path, repeats: int, networks: list[str], timing: bool = True) ->
             loss.backward()
             opt.step()
 
-        step_bf16 = _time(lambda: step(True), max(1, repeats // 2)) if timing else None
+        step_bf16 = median_seconds(lambda: step(True), max(1, repeats // 2)) if timing else None
         if not timing:
             step(False)  # creates AdamW's state, as the timed steps do
         opt.zero_grad(set_to_none=True)

@@ -35,7 +35,7 @@ import torch
 from autoseg import AutosegError, __version__
 from autoseg.paths import preprocessed_root, raw_root, results_root
 from autoseg.plans import STAGES
-from autoseg.utils import atomic_path, load_json, save_json
+from autoseg.utils import atomic_path, file_sha256, load_json, save_json
 from autoseg.inference.models import find_stage_checkpoints, read_checkpoint, resolve_dataset_dir
 
 log = logging.getLogger(__name__)
@@ -52,14 +52,6 @@ _CKPT_RE = re.compile(r"^[a-z]+/[A-Za-z0-9_.-]+/fold_\w+/[A-Za-z0-9_.-]+\.pt$")
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _slim_checkpoint(path: Path) -> tuple[bytes, dict]:
@@ -261,7 +253,7 @@ def _installed_checkpoints(meta_dir: Path) -> dict[str, list[Path]]:
         path = meta_dir / member if member in _META else ds_dir / member
         if not path.is_file():
             raise AutosegError(f"{path}: missing from installed bundle '{manifest['name']}'; reinstall it")
-        if _file_sha256(path) != sha:
+        if file_sha256(path) != sha:
             raise AutosegError(f"{path}: changed since bundle '{manifest['name']}' was installed (sha256 differs)")
     return {s: [ds_dir / c for c in e["checkpoints"]] for s, e in manifest["stages"].items()}
 

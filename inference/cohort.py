@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 from autoseg.utils import shard
 

@@ -10,7 +10,6 @@ its ``nnunet`` preprocessing block, plus ``import.json`` (where it came from, sh
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import shutil
@@ -22,20 +21,12 @@ import torch
 from autoseg import AutosegError
 from autoseg.paths import results_root
 from autoseg.plans import STAGES, num_outputs
-from autoseg.utils import atomic_path, load_json, save_json
+from autoseg.utils import atomic_path, file_sha256, load_json, save_json
 from autoseg.nnunet.checkpoint import convert_state_dict, load_nnunet_checkpoint
 from autoseg.nnunet.plans import imported_plans
 
 log = logging.getLogger(__name__)
 IMPORT_RECORD = "import.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fold_checkpoints(folder: Path, folds: Sequence[str] | None, name: str) -> dict[str, Path]:
@@ -125,7 +116,7 @@ def import_nnunet(model_folder: str | os.PathLike, results: str | os.PathLike | 
         with atomic_path(out, ".pt") as tmp:
             torch.save({"network_weights": weights, "plans": plans, "stage": "organ",
                         "trainer_name": f"nnU-Net {source['trainer']} (imported)"}, tmp)
-    save_json({**source, "checkpoints": {f: {"path": str(p), "sha256": _sha256(p)} for f, p in ckpts.items()}},
+    save_json({**source, "checkpoints": {f: {"path": str(p), "sha256": file_sha256(p)} for f, p in ckpts.items()}},
               dest / IMPORT_RECORD)
     log.info("imported %d fold(s) of %s into %s", len(converted), folder, dest)
     return dest
