@@ -163,8 +163,8 @@ def read_checkpoint(source: str | os.PathLike | bytes, where: str | os.PathLike 
     refuses any pickle that would import or call something."""
     where = where or source
     try:
-        ckpt = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
-                          weights_only=True)
+        stream = io.BytesIO(source) if isinstance(source, bytes) else source
+        ckpt = torch.load(stream, map_location="cpu", weights_only=True)
     except Exception as e:
         raise AutosegError(f"{where}: unreadable checkpoint, or one weights_only=True refuses "
                            f"({str(e).strip().splitlines()[0][:160]})") from None
