@@ -1,0 +1,164 @@
+"""Report and roofline for ``benchmarks.bench_equal_work`` (writes ``benchmarks/RESULTS_equal_work.md``)."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUT = REPO / "benchmarks" / "RESULTS_equal_work.md"
+
+
+def _labels(path: Path) -> np.ndarray:
+    from autoseg.io import read_image
+
+    return read_image(path)[0]
+
+
+def _dsc(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean DSC over the labels either map holds (b is the reference)."""
+    vals = []
+    for c in np.union1d(np.unique(a[a > 0]), np.unique(b[b > 0])):
+        p, g = a == c, b == c
+        vals.append(2 * np.logical_and(p, g).sum() / max(1, p.sum() + g.sum()))
+    return float(np.mean(vals)) if vals else 1.0
+
+
+def agreement(a_dir: Path, b_dir: Path) -> dict:
+    """Voxel agreement and mean DSC of a's labels against b's, over the cases both hold."""
+    agree, dsc, vox = [], [], 0
+    for f in sorted(b_dir.glob("*.nii.gz")):
+        if not (a_dir / f.name).is_file():
+            continue
+        a, b = _labels(a_dir / f.name), _labels(f)
+        agree.append((a == b).sum())
+        vox += a.size
+        dsc.append(_dsc(a, b))
+    return {"voxels": vox, "agree": float(sum(agree) / max(1, vox)), "dsc": float(np.mean(dsc)) if dsc else float("nan"),
+            "cases": len(dsc)}
+
+
+def _flops(net, x) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net(x)
+    return float(fc.get_total_flops())
+
+
+def _timed(fn, repeats: int = 3) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def peak_gflops(dtype) -> float:
+    """Practical peak: a large square matmul (oneDNN/MKL's best case) on every core."""
+    import torch
+
+    n = 2048
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return 2 * n ** 3 / _timed(lambda: a @ b) / 1e9
+
+
+def roofline(w) -> dict:
+    """Achieved convolution GFLOP/s of each imported network's window forward pass, fp32 and bf16."""
+    import torch
+
+    from autoseg.inference.models import find_stage_checkpoints, load_stage_model
+
+    out = {"threads": torch.get_num_threads(), "cpu": _cpu_name(),
+           "peak_matmul_gflops": {"fp32": peak_gflops(torch.float32), "bf16": peak_gflops(torch.bfloat16)},
+           "load": os.getloadavg()[0], "networks": {}}
+    for folder in sorted((w.work / "autoseg_results").glob("*/organ/*")):
+        name = folder.name
+        ckpts = find_stage_checkpoints(502, name, results=w.work / "autoseg_results")["organ"]
+        sm = load_stage_model("organ", ckpts, torch.device("cpu"))
+        net = sm.network.eval()
+        x = torch.randn(1, 1, *sm.patch_size)
+        flops = _flops(net, x)
+        rows = {}
+        for tag, dt in (("fp32", None), ("bf16", torch.bfloat16)):
+            if dt is not None and out["peak_matmul_gflops"]["bf16"] < 0.05 * out["peak_matmul_gflops"]["fp32"] \
+                    and flops > 50e9:  # emulated bf16: one large window would take many minutes
+                rows[tag] = {"s": float("nan"), "gflops": float("nan")}
+                continue
+
+            def fwd():
+                with torch.inference_mode(), torch.autocast("cpu", dtype=dt or torch.float32, enabled=dt is not None):
+                    net(x)
+            s = _timed(fwd, 2)
+            rows[tag] = {"s": s, "gflops": flops / s / 1e9}
+        out["networks"][name] = {"patch": list(sm.patch_size), "gflop_per_window": flops / 1e9, **rows}
+    w.work.joinpath("roofline.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _cpu_name() -> str:
+    try:
+        txt = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        name = next(ln.split(":", 1)[1].strip() for ln in txt.splitlines() if ln.startswith("Model name"))
+        flags = next(ln for ln in txt.splitlines() if ln.startswith("Flags"))
+        ext = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
+        return f"{name} ({', '.join(ext)})"
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def report(w) -> None:
+    state = w.state()
+    lines = ["# Equal work: autoseg vs nnU-Net v2.8.1 on the same network, windows and precision (issue 18)", "",
+             f"- **date**: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+             f"- **machine**: {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+             "- **regenerate**: see `benchmarks/bench_equal_work.py` (prepare, then run under "
+             "`flock /tmp/autoseg-cpu.lock`, then report)", ""]
+    for key, rows in state.items():
+        plans, n = key.split(":")
+        lines += [f"## {plans}, {n} cases", "",
+                  "| row | command, 1 case (s) | command, all (s) | steady state per case (s) | vs nnU-Net fp32 "
+                  "defaults | load before/after |", "|---|---|---|---|---|---|"]
+        ref = rows.get("nnU-Net fp32 (defaults)", {}).get("steady")
+        for row, r in rows.items():
+            ratio = f"{ref / r['steady']:.2f}x" if ref and r["steady"] > 0 else ""
+            lines.append(f"| {row} | {r['one']:.1f} | {r['all']:.1f} | {r['steady']:.2f} | {ratio} | "
+                         f"{r['load_before']:.1f}/{r['load_after']:.1f} |")
+        pred = w.work / "predictions" / plans
+        pairs = [("autoseg fp32 vs nnU-Net fp32", "autoseg_fp32__equal_windows_all", "nnU_Net_fp32__defaults__all"),
+                 ("autoseg bf16 vs autoseg fp32", "autoseg_bf16__equal_windows_all", "autoseg_fp32__equal_windows_all"),
+                 ("nnU-Net bf16 vs nnU-Net fp32", "nnU_Net_bf16_shim__npp_0__nps_0_all", "nnU_Net_fp32__defaults__all"),
+                 ("autoseg defaults vs nnU-Net fp32", "autoseg_defaults_all", "nnU_Net_fp32__defaults__all")]
+        lines += ["", "| labels compared | cases | voxels | agreement | mean DSC |", "|---|---|---|---|---|"]
+        for tag, a, b in pairs:
+            if (pred / a).is_dir() and (pred / b).is_dir():
+                g = agreement(pred / a, pred / b)
+                lines.append(f"| {tag} | {g['cases']} | {g['voxels']:,} | {100 * g['agree']:.3f} % | {g['dsc']:.4f} |")
+        lines.append("")
+    roof = w.work / "roofline.json"
+    if roof.is_file():
+        r = json.loads(roof.read_text())
+        lines += ["## Roofline: achieved convolution GFLOP/s per window forward pass", "",
+                  f"Practical peak = a 2048x2048 matmul on {r['threads']} threads: fp32 "
+                  f"{r['peak_matmul_gflops']['fp32']:.0f} GFLOP/s, bf16 {r['peak_matmul_gflops']['bf16']:.0f} GFLOP/s "
+                  f"(load {r['load']:.1f}).", "",
+                  "| network | patch | GFLOP per window | fp32 s | fp32 GFLOP/s (% of peak) | bf16 s | bf16 GFLOP/s (% of peak) |",
+                  "|---|---|---|---|---|---|---|"]
+        pk = r["peak_matmul_gflops"]
+        for name, n in r["networks"].items():
+            lines.append(f"| {name} | {'x'.join(map(str, n['patch']))} | {n['gflop_per_window']:.1f} | "
+                         f"{n['fp32']['s']:.2f} | {n['fp32']['gflops']:.0f} ({100 * n['fp32']['gflops'] / pk['fp32']:.0f} %) | "
+                         f"{n['bf16']['s']:.2f} | {n['bf16']['gflops']:.0f} ({100 * n['bf16']['gflops'] / pk['bf16']:.0f} %) |")
+        lines.append("")
+    OUTPUT.write_text("\n".join(lines) + "\n")
+    print(OUTPUT.read_text())
