@@ -13,11 +13,14 @@ Arms (each over ``--seeds``):
   labelled; ``marginal``: the partial labels with the default (marginal + exclusion) loss;
   ``as_background``: the partial labels with unannotated organs trained as background.
 
-``python -m benchmarks.bench_semi_partial --work DIR [--part ssl|partial|all]`` writes
-``DIR/results_<part>.json`` (one entry per arm and seed, appended as runs finish, so a rerun
-resumes; ``--report`` prints the table).
-``python -m benchmarks.bench_semi_partial --work DIR --step-time`` measures CPS vs single-network
-train_step time on the ssl cache (run it under the shared lock).
+- tuned: ``cps_all_tuned`` / ``cps_filtered_tuned``, the same with ``TrainerFastCPSTuned``
+  (semi_partial_trainers/cps_tuned.py: class attributes only), reported beside the default.
+
+``python -m benchmarks.bench_semi_partial --work DIR --part all|ssl|partial|tuned|all+tuned --jobs 2
+--stop-after 540`` (under the CPU lock) runs every missing (seed, arm), all arms of a seed before the
+next seed, ``--jobs`` side by side, starting none after ``--stop-after`` s; rows go to
+``DIR/results.json`` as runs finish, so the next call resumes. ``--report`` prints the tables;
+``--step-time`` measures CPS vs single-network train_step time on the ssl cache (under the lock).
 """
 from __future__ import annotations
 
