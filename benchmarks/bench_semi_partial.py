@@ -13,11 +13,14 @@ Arms (each over ``--seeds``):
   labelled; ``marginal``: the partial labels with the default (marginal + exclusion) loss;
   ``as_background``: the partial labels with unannotated organs trained as background.
 
-``python -m benchmarks.bench_semi_partial --work DIR [--part ssl|partial|all]`` writes
-``DIR/results_<part>.json`` (one entry per arm and seed, appended as runs finish, so a rerun
-resumes; ``--report`` prints the table).
-``python -m benchmarks.bench_semi_partial --work DIR --step-time`` measures CPS vs single-network
-train_step time on the ssl cache (run it under the shared lock).
+- tuned: ``cps_all_tuned`` / ``cps_filtered_tuned``, the same with ``TrainerFastCPSTuned``
+  (semi_partial_trainers/cps_tuned.py: class attributes only), reported beside the default.
+
+``python -m benchmarks.bench_semi_partial --work DIR --part all|ssl|partial|tuned|all+tuned --jobs 2
+--stop-after 540`` (under the CPU lock) runs every missing (seed, arm), all arms of a seed before the
+next seed, ``--jobs`` side by side, starting none after ``--stop-after`` s; rows go to
+``DIR/results.json`` as runs finish, so the next call resumes. ``--report`` prints the tables;
+``--step-time`` measures CPS vs single-network train_step time on the ssl cache (under the lock).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +40,7 @@ import numpy as np
 ORGANS = [1, 2, 3, 4, 5, 6]
 SSL_ID, FULL_ID, PART_ID = 781, 782, 783
 TRAINER_PATH = Path(__file__).parent / "semi_partial_trainers"
+_COPY_LOCK = threading.Lock()
 
 
 def sh(args: list[str], env: dict, log: Path) -> None:
@@ -58,6 +63,8 @@ def environment(work: Path, results: str, pre: str = "pre") -> dict:
 
 def make_data(work: Path, env: dict, log: Path) -> None:
     raw = work / "raw"
+    if (raw / f"Dataset{PART_ID}_Part" / "dataset.json").is_file():
+        return  # written last: everything before it is complete
     sh(["make_phantoms", "-o", str(raw), "--id", str(SSL_ID), "--name", "Semi", "--num-train", "4",
         "--num-test", "6", "--num-unlabelled", "32", "--seed", "7", "-np", "1", "--no-progress"], env, log)
     sh(["make_phantoms", "-o", str(raw), "--id", str(FULL_ID), "--name", "Full", "--num-train", "16",
@@ -115,6 +122,8 @@ def preprocess(work: Path, env: dict, log: Path) -> None:
         if not plans.is_file():
             sh(["plan_and_preprocess", "-t", str(task), *base], env, log)
             small_plans(plans)
+    if (work / "pre" / f"Dataset{PART_ID}_Part" / "plans.json").is_file():
+        return
     part_plans = work / "plans_part.json"  # the full dataset's plans under the partial dataset's name
     plans = json.loads((work / "pre" / f"Dataset{FULL_ID}_Full" / "plans.json").read_text())
     part_plans.write_text(json.dumps({**plans, "dataset_name": f"Dataset{PART_ID}_Part"}, indent=1))
@@ -122,12 +131,14 @@ def preprocess(work: Path, env: dict, log: Path) -> None:
         "--stages", "organ"], env, log)
 
 
-def seed_preprocessed(work: Path, task: int, name: str, seed: int) -> str:
+def seed_preprocessed(work: Path, task: int, name: str, seed: int, arm: str = "") -> str:
     """A per-seed copy (hard links) of a preprocessed dataset: the selection file and splits of one
-    seed's runs must not leak into another's when seeds run side by side."""
-    pre = f"pre_seed{seed}"
+    seed's runs must not leak into another's when seeds run side by side (tuned CPS arms get their own)."""
+    pre = f"pre_seed{seed}" + ("_tuned" if arm.endswith("_tuned") else "")
     dst = work / pre / f"Dataset{task}_{name}"
-    if not dst.is_dir():
+    with _COPY_LOCK:  # two arms of one dataset and seed may start side by side
+        if dst.is_dir():
+            return pre
         tmp = dst.with_name(dst.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(work / "pre" / dst.name, tmp, copy_function=os.link,
@@ -139,61 +150,127 @@ def seed_preprocessed(work: Path, task: int, name: str, seed: int) -> str:
 def train_and_score(work: Path, arm: str, task: int, name: str, trainer: str, seed: int, epochs: int, iters: int,
                     log: Path) -> dict:
     results = f"res_seed{seed}_{arm}"
-    env = environment(work, results, seed_preprocessed(work, task, name, seed))
-    t0 = time.time()
-    sh(["run_training", "organ", trainer, str(task), "all", "--epochs", str(epochs), "--iters-per-epoch",
-        str(iters), "--seed", str(seed), "-nw", "0", "--device", "cpu"], env, log)
-    train_s = time.time() - t0
-    pred = work / results / "pred"
+    env = environment(work, results, seed_preprocessed(work, task, name, seed, arm))
+    marker = work / results / "train_seconds.txt"  # written once training has finished
+    if not marker.is_file():
+        shutil.rmtree(work / results, ignore_errors=True)  # a run killed mid-training starts from scratch
+        t0 = time.time()
+        sh(["run_training", "organ", trainer, str(task), "all", "--epochs", str(epochs), "--iters-per-epoch",
+            str(iters), "--seed", str(seed), "-nw", "0", "--device", "cpu"], env, log)
+        marker.write_text(f"{time.time() - t0:.1f}\n")
+    train_s = float(marker.read_text())
+    pred, scores = work / results / "pred", work / results / "evaluation"
     raw = work / "raw" / f"Dataset{task}_{name}"
     sh(["run_inference", "-i", str(raw / "imagesTs"), "-o", str(pred), "-t", str(task), "-tr", trainer,
         "-f", "all", "--device", "cpu"], env, log)
-    sh(["evaluate", "-g", str(raw / "labelsTs"), "-p", str(pred), "-j", "1", "--no-progress"], env, log)
-    summary = json.loads((pred / "summary.json").read_text())
+    sh(["evaluate", "-g", str(raw / "labelsTs"), "-p", str(pred), "-o", str(scores), "-j", "1", "--no-progress"],
+       env, log)
+    summary = json.loads((scores / "summary.json").read_text())
     dsc = {c["label"]: c["dsc"]["mean"] for c in summary["per_class"].values()}
     organ = float(np.mean([dsc.get(v) or 0.0 for v in ORGANS]))
     return {"arm": arm, "seed": seed, "mean_organ_dsc": organ, "per_class_dsc": dsc, "train_seconds": train_s,
-            "trainer": trainer, "task": task, "epochs": epochs, "iters_per_epoch": iters}
+            "trainer": trainer, "task": task, "epochs": epochs, "iters_per_epoch": iters,
+            "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "load_average": os.getloadavg()}
 
 
-def run_arms(work: Path, part: str, seeds: list[int], epochs: int, iters: int, keep: float) -> None:
-    out = work / f"results_{part}_seeds{'-'.join(map(str, seeds))}.json"  # parts/seeds may run side by side
+SSL_ARMS = [("labelled", SSL_ID, "Semi", "TrainerFast"), ("cps_all", SSL_ID, "Semi", "TrainerFastCPS"),
+            ("cps_filtered", SSL_ID, "Semi", "TrainerFastCPS")]
+PARTIAL_ARMS = [("full", FULL_ID, "Full", "TrainerFast"), ("marginal", PART_ID, "Part", "TrainerFast"),
+                ("as_background", PART_ID, "Part", "TrainerFastPartialAsBackground")]
+TUNED_ARMS = [("cps_all_tuned", SSL_ID, "Semi", "TrainerFastCPSTuned"),
+              ("cps_filtered_tuned", SSL_ID, "Semi", "TrainerFastCPSTuned")]
+ARM_NAMES = [a[0] for a in SSL_ARMS + PARTIAL_ARMS + TUNED_ARMS]
+
+
+def scored_with(arm: str) -> str | None:
+    """The arm whose model scores the unlabelled images for a filtered arm (it must finish first)."""
+    return arm.replace("filtered", "all") if "filtered" in arm else None
+
+
+def run_one(work: Path, arm: str, task: int, name: str, trainer: str, seed: int, epochs: int, iters: int,
+            keep: float) -> dict:
+    log = work / f"commands_seed{seed}_{arm}.log"
+    selection = work / seed_preprocessed(work, task, name, seed, arm) / f"Dataset{SSL_ID}_Semi" / \
+        "unlabelled_selection_organ.json"
+    source = scored_with(arm)
+    if arm.startswith("cps_all"):
+        selection.unlink(missing_ok=True)  # all 32 images
+    if source:
+        select(work, seed, keep, log, source, trainer)  # the CPS trainer now trains on the kept images only
+    row = train_and_score(work, arm, task, name, trainer, seed, epochs, iters, log)
+    if source:
+        row["selected"] = json.loads(selection.read_text())["selected"]
+        selection.unlink()
+    return row
+
+
+def run_arms(work: Path, arms: list[tuple], seeds: list[int], epochs: int, iters: int, keep: float, jobs: int = 1,
+             stop_after: float | None = None) -> None:
+    """Run every (seed, arm) not yet in ``results.json``, seed by seed (all arms of seed 0 first), with
+    ``jobs`` runs side by side (one torch thread each); cps_filtered waits for its seed's cps_all (its
+    selection is scored with that model). No run starts after ``stop_after`` seconds, so one call fits
+    a turn on the shared CPU lock; the next call resumes."""
+    out = work / "results.json"
     done = json.loads(out.read_text()) if out.is_file() else []
     have = {(r["arm"], r["seed"]) for r in done}
-    log = work / "commands.log"
-    arms = []
-    if part in ("ssl", "all"):
-        arms += [("labelled", SSL_ID, "Semi", "TrainerFast"), ("cps_all", SSL_ID, "Semi", "TrainerFastCPS"),
-                 ("cps_filtered", SSL_ID, "Semi", "TrainerFastCPS")]
-    if part in ("partial", "all"):
-        arms += [("full", FULL_ID, "Full", "TrainerFast"), ("marginal", PART_ID, "Part", "TrainerFast"),
-                 ("as_background", PART_ID, "Part", "TrainerFastPartialAsBackground")]
-    for seed in seeds:
-        for arm, task, name, trainer in arms:
-            if (arm, seed) in have:
-                continue
-            selection = work / f"pre_seed{seed}" / f"Dataset{SSL_ID}_Semi" / "unlabelled_selection_organ.json"
-            if arm == "cps_all":
-                selection.unlink(missing_ok=True)  # all 32 images
-            if arm == "cps_filtered":
-                select(work, seed, keep, log)  # TrainerFastCPS now trains on the kept images only
-            row = train_and_score(work, arm, task, name, trainer, seed, epochs, iters, log)
-            if arm == "cps_filtered":
-                row["selected"] = json.loads(selection.read_text())["selected"]
-                selection.unlink()
-            done.append(row)
-            out.write_text(json.dumps(done, indent=1))
-            print(f"{arm} seed {seed}: mean organ DSC {row['mean_organ_dsc']:.4f} ({row['train_seconds']:.0f} s)",
-                  flush=True)
+    arms = sorted(arms, key=lambda a: not a[0].startswith("cps_all"))  # longest first: workers finish together
+    pending = [(seed, a) for seed in seeds for a in arms if (a[0], seed) not in have]
+    pending.sort(key=lambda t: t[0] + t[1][0].endswith("_tuned"))  # a tuned seed after the next default one
+    running: set[tuple[str, int]] = set()
+    cond, t_start = threading.Condition(), time.time()
+
+    def next_task() -> tuple[int, tuple] | None:
+        with cond:
+            while pending:
+                if stop_after is not None and time.time() - t_start > stop_after:
+                    return None
+                for i, (seed, a) in enumerate(pending):
+                    if not scored_with(a[0]) or (scored_with(a[0]), seed) in have:
+                        running.add((a[0], seed))
+                        return pending.pop(i)
+                if not any(r == (scored_with(a[0]), s) for r in running for (s, a) in pending):
+                    return None  # filtered arms whose cps_all failed or was not run
+                cond.wait()
+            return None
+
+    def worker() -> None:
+        while (task := next_task()) is not None:
+            seed, (arm, tid, name, trainer) = task
+            try:
+                row = run_one(work, arm, tid, name, trainer, seed, epochs, iters, keep)
+            except BaseException as e:  # noqa: BLE001 - one failed run must not stop the others
+                print(f"{arm} seed {seed}: FAILED: {e}", flush=True)
+                row = None
+            with cond:
+                running.discard((arm, seed))
+                if row is not None:
+                    done.append(row)
+                    have.add((arm, seed))
+                    tmp = out.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(done, indent=1))
+                    tmp.replace(out)
+                    print(f"{arm} seed {seed}: mean organ DSC {row['mean_organ_dsc']:.4f} "
+                          f"({row['train_seconds']:.0f} s training)", flush=True)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    left = [(a[0], s) for s, a in pending]
+    print(f"{len(done)} run(s) done; not started: {left or 'none'}", flush=True)
 
 
-def select(work: Path, seed: int, keep: float, log: Path) -> None:
-    """Score the 32 unlabelled images with this seed's cps_all model (a copy of the scores is kept per seed)."""
-    env = environment(work, f"res_seed{seed}_cps_all", seed_preprocessed(work, SSL_ID, "Semi", seed))
-    sh(["select_unlabelled", "-t", str(SSL_ID), "-tr", "TrainerFastCPS", "-f", "all", "--keep", str(keep),
+def select(work: Path, seed: int, keep: float, log: Path, source: str = "cps_all",
+           trainer: str = "TrainerFastCPS") -> None:
+    """Score the 32 unlabelled images with this seed's ``source`` model (a copy of the scores is kept)."""
+    pre = seed_preprocessed(work, SSL_ID, "Semi", seed, source)
+    env = environment(work, f"res_seed{seed}_{source}", pre)
+    sh(["select_unlabelled", "-t", str(SSL_ID), "-tr", trainer, "-f", "all", "--keep", str(keep),
         "--device", "cpu", "--no-progress"], env, log)
-    sel = work / f"pre_seed{seed}" / f"Dataset{SSL_ID}_Semi" / "unlabelled_selection_organ.json"
-    shutil.copy(sel, work / f"selection_seed{seed}.json")
+    sel = work / pre / f"Dataset{SSL_ID}_Semi" / "unlabelled_selection_organ.json"
+    shutil.copy(sel, work / f"selection_seed{seed}_{source}.json")
 
 
 def step_time(work: Path, steps: int = 20, warmup: int = 3) -> dict:
@@ -237,12 +314,12 @@ def step_time(work: Path, steps: int = 20, warmup: int = 3) -> dict:
 
 def report(work: Path) -> str:
     """Markdown table: mean ± std (population std over seeds) of mean organ DSC per arm, per-class means."""
-    rows = [r for p in sorted(work.glob("results_*.json")) for r in json.loads(p.read_text())]
+    rows = [r for p in sorted(work.glob("results*.json")) for r in json.loads(p.read_text())]
     lines = ["| arm | trainer | dataset | seeds | mean organ DSC | per seed | per organ (mean over seeds) |",
              "|---|---|---|---|---|---|---|"]
     names = {1: "liver", 2: "spleen", 3: "kidney_r", 4: "kidney_l", 5: "pancreas", 6: "aorta"}
-    for arm in ("labelled", "cps_all", "cps_filtered", "full", "marginal", "as_background"):
-        rs = [r for r in rows if r["arm"] == arm]
+    for arm in ARM_NAMES:
+        rs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["seed"])
         if not rs:
             continue
         v = np.array([r["mean_organ_dsc"] for r in rs])
@@ -250,17 +327,68 @@ def report(work: Path) -> str:
                         for o in ORGANS)
         lines.append(f"| {arm} | {rs[0]['trainer']} | {rs[0]['task']} | {len(rs)} | {v.mean():.4f} ± {v.std():.4f} | "
                      f"{', '.join(f'{x:.3f}' for x in v)} | {per} |")
+    return "\n".join(lines + ["", target_report(rows), "", selection_report(work)])
+
+
+TARGETS = [  # (what, arm a, arm b, test on mean(a) - mean(b), threshold)
+    ("CPS + filter >= labelled-only + 0.03", "cps_filtered", "labelled", ">=", 0.03),
+    ("filtered >= all 32 unlabelled", "cps_filtered", "cps_all", ">=", 0.0),
+    ("tuned CPS + filter >= labelled-only + 0.03", "cps_filtered_tuned", "labelled", ">=", 0.03),
+    ("tuned: filtered >= all 32 unlabelled", "cps_filtered_tuned", "cps_all_tuned", ">=", 0.0),
+    ("partial (marginal) within 0.02 of full", "marginal", "full", "|.|<=", 0.02),
+    ("partial (marginal) >= as-background + 0.05", "marginal", "as_background", ">=", 0.05),
+]
+
+
+def target_report(rows: list[dict]) -> str:
+    """Each target on the seeds both arms finished: mean ± std of the per-seed differences, verdict."""
+    lines = ["| target | a − b, mean ± std over common seeds | per seed a − b | seeds | verdict |",
+             "|---|---|---|---|---|"]
+    for what, a, b, test, thr in TARGETS:
+        va = {r["seed"]: r["mean_organ_dsc"] for r in rows if r["arm"] == a}
+        vb = {r["seed"]: r["mean_organ_dsc"] for r in rows if r["arm"] == b}
+        common = sorted(set(va) & set(vb))
+        if not common:
+            continue
+        per = np.array([va[s] - vb[s] for s in common])
+        d = float(per.mean())
+        ok = abs(d) <= thr if test == "|.|<=" else d >= thr
+        lines.append(f"| {what} | {d:+.4f} ± {per.std():.4f} | {', '.join(f'{x:+.3f}' for x in per)} | "
+                     f"{', '.join(map(str, common))} | {'met' if ok else 'missed'} (on {len(common)} seed(s)) |")
+    return "\n".join(lines)
+
+
+def selection_report(work: Path) -> str:
+    """One row per selection: the kept images and how the two uncertainty scores compare."""
+    lines = ["| scored with | seed | kept | mean entropy kept / all | mean disagreement kept / all | "
+             "Spearman(entropy, disagreement) |", "|---|---|---|---|---|---|"]
+    for p in sorted(work.glob("selection_seed*_*.json")):
+        sel = json.loads(p.read_text())
+        seed, source = p.stem[len("selection_seed"):].split("_", 1)
+        ids = sorted(sel["scores"])
+        ent = np.array([sel["scores"][i]["entropy"] for i in ids])
+        dis = np.array([sel["scores"][i]["disagreement"] for i in ids], dtype=float)
+        kept = np.isin(ids, sel["selected"])
+        rho = np.corrcoef(ent.argsort().argsort(), dis.argsort().argsort())[0, 1]
+        lines.append(f"| {source} | {seed} | {' '.join(i.rsplit('_', 1)[1] for i in sel['selected'])} | "
+                     f"{ent[kept].mean():.3f} / {ent.mean():.3f} | {dis[kept].mean():.3f} / {dis.mean():.3f} | "
+                     f"{rho:.2f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True)
-    ap.add_argument("--part", choices=("ssl", "partial", "all", "data"), default="all")
+    ap.add_argument("--part", choices=("ssl", "partial", "all", "tuned", "all+tuned", "data"), default="all",
+                    help="all = ssl + partial (the default arms); tuned = the TrainerFastCPSTuned arms")
+    ap.add_argument("--arms", nargs="+", choices=ARM_NAMES, default=None, help="only these arms of --part")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=75)
     ap.add_argument("--keep", type=float, default=0.25)
+    ap.add_argument("--jobs", type=int, default=1, help="runs side by side (one torch thread each)")
+    ap.add_argument("--stop-after", type=float, default=None,
+                    help="seconds after which no new run starts (one turn on the shared CPU lock)")
     ap.add_argument("--step-time", action="store_true")
     ap.add_argument("--report", action="store_true", help="print the markdown table of results.json")
     args = ap.parse_args(argv)
@@ -276,7 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     make_data(args.work, env, log)
     preprocess(args.work, env, log)
     if args.part != "data":
-        run_arms(args.work, args.part, args.seeds, args.epochs, args.iters, args.keep)
+        arms = {"ssl": SSL_ARMS, "partial": PARTIAL_ARMS, "all": PARTIAL_ARMS + SSL_ARMS,
+                "tuned": TUNED_ARMS, "all+tuned": PARTIAL_ARMS + SSL_ARMS + TUNED_ARMS}[args.part]
+        arms = [a for a in arms if args.arms is None or a[0] in args.arms]
+        run_arms(args.work, arms, args.seeds, args.epochs, args.iters, args.keep, args.jobs, args.stop_after)
     return 0
 
 
