@@ -72,11 +72,6 @@ def _eager_bf16(net: torch.nn.Module, x: torch.Tensor):
     return run
 
 
-def _channels_last(net: torch.nn.Module, x: torch.Tensor):
-    net = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)
-    return lambda t: net(t.contiguous(memory_format=torch.channels_last_3d))
-
-
 class _OpenVinoBf16(C.OpenVinoEngine):
     precision_hint = "bf16"
 
@@ -102,7 +97,7 @@ def variants(onnx_dir: Path) -> dict:
     bf16 = None if cpu_bf16_supported() else "CPU lacks native bf16 (AVX512-BF16/AMX): emulated"
     return {
         "eager bf16 autocast": (None, _eager_bf16),
-        "eager channels-last": (None, _channels_last),
+        "eager channels-last": (None, engine(C.ChannelsLastEngine())),
         "torch.compile (inductor)": (C.CompileEngine().missing(), engine(C.CompileEngine())),
         "ONNX Runtime (CPU EP)": (C.OnnxRuntimeEngine().missing(), engine(C.OnnxRuntimeEngine())),
         "OpenVINO fp32": (C.OpenVinoEngine().missing(), engine(C.OpenVinoEngine())),

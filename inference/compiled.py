@@ -65,6 +65,19 @@ def export_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> 
     return path
 
 
+class ChannelsLastEngine(Engine):
+    """Eager PyTorch with channels-last (NDHWC) weights and inputs: oneDNN's blocked 3D convolutions
+    without the layout reorders around each call; nothing to export, any input shape."""
+
+    name = "channels_last"
+
+    def build(self, network: torch.nn.Module, example: torch.Tensor, onnx_path: Path | None) -> Runner:
+        import copy
+
+        net = copy.deepcopy(network).to(memory_format=torch.channels_last_3d)
+        return lambda x: net(x.contiguous(memory_format=torch.channels_last_3d))
+
+
 class CompileEngine(Engine):
     """``torch.compile`` with inductor (fused conv + norm + activation, frozen weights); needs a C compiler."""
 
@@ -142,7 +155,8 @@ class OpenVinoEngine(Engine):
         return run
 
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (OnnxRuntimeEngine(), OpenVinoEngine(), CompileEngine())}
+ENGINES: dict[str, Engine] = {e.name: e for e in (OnnxRuntimeEngine(), OpenVinoEngine(), ChannelsLastEngine(),
+                                                   CompileEngine())}
 
 
 def register_engine(engine: Engine) -> Engine:

@@ -37,7 +37,7 @@ class Fake(C.Engine):
         return lambda x: self.transform(network(x))
 
 
-@pytest.mark.parametrize("name", ["onnxruntime", "openvino", "compile"])
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino", "channels_last", "compile"])
 def test_installed_engine_agrees_with_eager(net, name):
     why = C.ENGINES[name].missing()
     if why:
@@ -133,6 +133,7 @@ def test_predictor_runs_stages_through_the_engine(tmp_path, monkeypatch):
     from autoseg.inference.random_models import tiny_plans, write_random_checkpoints
 
     monkeypatch.setitem(C.ENGINES, "copy", Fake("copy", transform=lambda y: y.clone()))
+    monkeypatch.setattr(C, "median_time", lambda fn, x, repeats: 1.0)  # the choice is not under test here
     ckpts = write_random_checkpoints(tiny_plans(stages=("roi", "organ")), tmp_path / "results")
     img = np.full((20, 40, 40), -1000, np.int16)
     img[2:-2, 5:-5, 5:-5] = np.random.default_rng(0).integers(-100, 250, (16, 30, 30))
@@ -141,3 +142,36 @@ def test_predictor_runs_stages_through_the_engine(tmp_path, monkeypatch):
     assert {s: r["engine"] for s, r in pred.engines.items()} == {"roi": "copy", "organ": "copy"}
     assert all(isinstance(sm.network, C.EngineNetwork) for sm in pred.stages.values())
     assert np.array_equal(pred.predict_array(img, [2.0, 1.5, 1.5]), ref)
+
+
+def test_bundle_carries_the_onnx_export_and_the_predictor_loads_it(tmp_path):
+    """export --compiled: one sha256-listed .onnx per stage; the engine reads it instead of exporting
+    (nothing lands in the cache), from the zip and once installed; a changed .onnx is refused."""
+    import zipfile
+
+    from autoseg.inference.bundle import export_bundle, install_bundle, open_model, read_bundle
+    from autoseg.inference.predictor import CascadePredictor
+    from autoseg.inference.random_models import tiny_plans, write_random_checkpoints
+
+    if C.ENGINES["onnxruntime"].missing():
+        pytest.skip(C.ENGINES["onnxruntime"].missing())
+    write_random_checkpoints(tiny_plans(stages=("organ",)), tmp_path / "results")
+    zpath = export_bundle(999, tmp_path / "m.zip", results=tmp_path / "results", compiled=True)
+    manifest, data = read_bundle(zpath)
+    onnx = [m for m in data if m.endswith(".onnx")]
+    assert len(onnx) == 1 and onnx[0].startswith("organ/Trainer/compiled/network-") and onnx[0] in manifest["members"]
+    for source in (zpath, "m"):
+        if source == "m":
+            install_bundle(zpath, results=tmp_path / "installed")
+        with open_model(source, tmp_path / "installed") as ckpts:
+            pred = CascadePredictor(ckpts, device="cpu", precision="fp32", engine="onnxruntime")
+        assert pred.engines["organ"]["engine"] == "onnxruntime"
+    assert not list(C.cache_dir().glob("*.onnx"))  # never exported here: the bundle's file was used
+    with zipfile.ZipFile(zpath) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members[onnx[0]] = members[onnx[0]][:-8] + b"\0" * 8
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as zf:
+        for n, d in members.items():
+            zf.writestr(n, d)
+    with pytest.raises(AutosegError, match=f"member {onnx[0]} was changed"):
+        read_bundle(tmp_path / "bad.zip")
