@@ -7,7 +7,8 @@ after warm-up, its speed against eager fp32, the build time (export, compile) an
 logits on the same normal-noise window, the largest |logit difference| and the share of argmax voxels
 that agree. Variants: eager fp32, eager bf16 autocast (conv weights stored bf16 as the predictor does),
 eager channels-last, ``torch.compile`` (inductor, frozen weights), ONNX Runtime (CPU EP), OpenVINO
-(fp32 hint, and bf16 where the CPU has native bf16). Plans come from ``--plans FILE`` (every stage, or
+(fp32 hint, and bf16 where the CPU has native bf16), and int8 static quantisation run by ONNX Runtime
+and OpenVINO (speed only: the weights are random). Plans come from ``--plans FILE`` (every stage, or
 ``FILE:stage,stage``); ``nnunet-fullres`` is nnU-Net's full-width 3d_fullres U-Net (32..320, patch
 80x160x160, as in bench_training). Make plans for a phantom dataset with::
 
@@ -86,6 +87,27 @@ def _openvino_bf16_missing() -> str | None:
     return None if "BF16" in caps else f"CPU plugin lacks BF16 (capabilities: {', '.join(caps)})"
 
 
+def _int8(engine: C.Engine, onnx_dir: Path):
+    """ONNX Runtime static quantisation (QDQ, per-channel int8 weights, uint8 activations) calibrated on
+    four noise windows: a speed probe only (random weights: the agreement column says little)."""
+    def build(net, x):
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        fp32 = C.export_onnx(net, x, onnx_dir / C.onnx_name(C.network_digest(net), x.shape))
+        pre, q = onnx_dir / "pre.onnx", onnx_dir / f"int8-{fp32.name}"
+        quant_pre_process(str(fp32), str(pre))
+        windows = iter([{"x": torch.randn(x.shape).numpy()} for _ in range(4)])
+
+        class Reader(CalibrationDataReader):
+            def get_next(self):
+                return next(windows, None)
+        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return engine.build(net, x, q)
+    return build
+
+
 def variants(onnx_dir: Path) -> dict:
     """``{name: (why not available or None, build(net, x) -> runner)}``."""
     def engine(e: C.Engine):
@@ -102,6 +124,9 @@ def variants(onnx_dir: Path) -> dict:
         "ONNX Runtime (CPU EP)": (C.OnnxRuntimeEngine().missing(), engine(C.OnnxRuntimeEngine())),
         "OpenVINO fp32": (C.OpenVinoEngine().missing(), engine(C.OpenVinoEngine())),
         "OpenVINO bf16 hint": (_openvino_bf16_missing(), engine(_OpenVinoBf16())),
+        "ONNX Runtime int8 (static QDQ)": (C.OnnxRuntimeEngine().missing(), _int8(C.OnnxRuntimeEngine(), onnx_dir)),
+        "OpenVINO int8 (static QDQ)": (C.OpenVinoEngine().missing() or C.OnnxRuntimeEngine().missing(),
+                                       _int8(C.OpenVinoEngine(), onnx_dir)),
         "_bf16_note": (bf16, None),
     }
 
@@ -149,6 +174,8 @@ def bench_network(label: str, spec: tuple, args: argparse.Namespace, onnx_dir: P
                     row["seconds"] = timed(fn, x, 1, args.repeats)
                     if "bf16" in name and note:
                         row["note"] = note
+                    if "int8" in name:
+                        row["note"] = "speed probe: random weights, noise calibration"
                 except Exception as e:
                     row["skipped"] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"
                 del fn
