@@ -42,6 +42,7 @@ class Engine:
 
     name = ""
     persistent = False  # True: its artefact (an .onnx file) can be cached on disk and carried by a bundle
+    in_auto = True  # a candidate of --engine auto (else only when named)
 
     def missing(self) -> str | None:
         """Why this engine cannot run here (a package not installed), or None."""
@@ -79,9 +80,12 @@ class ChannelsLastEngine(Engine):
 
 
 class CompileEngine(Engine):
-    """``torch.compile`` with inductor (fused conv + norm + activation, frozen weights); needs a C compiler."""
+    """``torch.compile`` with inductor (fused conv + norm + activation, frozen weights); needs a C compiler.
+    Not an ``auto`` candidate: nothing of it can be cached or carried, so every run pays its compile
+    (over a minute per stage on 2 cores, benchmarks/RESULTS_compiled.md); ``--engine compile`` asks for it."""
 
     name = "compile"
+    in_auto = False
 
     def missing(self) -> str | None:
         return None if (shutil.which("gcc") or shutil.which("cc")) else "no C compiler (gcc) for inductor"
@@ -166,12 +170,13 @@ def register_engine(engine: Engine) -> Engine:
 
 
 def parse_engine_choice(choice: str) -> list[str] | None:
-    """``auto`` -> every registered engine, ``eager`` -> None, else the comma-separated names (checked)."""
+    """``auto`` -> the registered engines that are ``auto`` candidates, ``eager`` -> None, else the
+    comma-separated names (checked)."""
     choice = (choice or "auto").strip()
     if choice == "eager":
         return None
     if choice == "auto":
-        return list(ENGINES)
+        return [n for n, e in ENGINES.items() if e.in_auto]
     names = [n.strip() for n in choice.split(",") if n.strip()]
     bad = [n for n in names if n not in ENGINES]
     if bad or not names:
