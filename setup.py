@@ -39,7 +39,9 @@ setup(
         "pydantic>=2.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "highdicom>=0.22"],
+        "test": ["pytest>=7", "highdicom>=0.22", "onnx>=1.15", "onnxruntime>=1.17", "openvino>=2024.1"],
+        # run_inference --engine auto|onnxruntime|openvino: compiled CPU engines (inference/compiled.py)
+        "engines": ["onnx>=1.15", "onnxruntime>=1.17", "openvino>=2024.1"],
         "dicom": ["highdicom>=0.22", "pydicom>=2.4"],  # run_inference --output-format dicom-seg|both
     },
     entry_points={"console_scripts": ["autoseg=autoseg.cli:main"]},

@@ -6,6 +6,7 @@ Layout inside the zip (paths mirror ``AUTOSEG_RESULTS/<dataset>/`` so installing
     plans.json, dataset.json                   the organ stage's plans; label names
     <stage>/<trainer>/fold_K/checkpoint_final.pt   weights, plans, stage only (no optimiser, no RNG)
     <stage>/<trainer>/fold_K/postprocessing.json   when the fold learned rules
+    <stage>/<trainer>/compiled/network-*.onnx      with --compiled: the fold ensemble as ONNX (data, no code)
 
 Every member is listed in the manifest with its sha256; a member missing, extra, changed, outside the
 bundle's folder, or a checkpoint that ``torch.load(weights_only=True)`` refuses, makes the whole bundle
@@ -48,6 +49,7 @@ CHECKPOINT_KEYS = ("network_weights", "plans", "stage", "trainer_name", "fold", 
 _META = ("plans.json", "dataset.json")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CKPT_RE = re.compile(r"^[a-z]+/[A-Za-z0-9_.-]+/fold_\w+/[A-Za-z0-9_.-]+\.pt$")
+_ONNX_RE = re.compile(r"^[a-z]+/[A-Za-z0-9_.-]+/compiled/network-[0-9a-f]{16}-[0-9x]+\.onnx$")
 
 
 def _sha256(data: bytes) -> str:
@@ -63,6 +65,24 @@ def _slim_checkpoint(path: Path) -> tuple[bytes, dict]:
     return buf.getvalue(), slim
 
 
+def _compiled_member(stage: str, paths: Sequence[Path], ds_dir: Path) -> tuple[str, bytes]:
+    """The stage's fold ensemble exported as ONNX for one window (batch 1, the plans' patch), named as
+    the predictor's onnxruntime/openvino engines look for it (inference/compiled.py): they load it
+    instead of exporting on the user's machine."""
+    from autoseg.inference.compiled import _missing_modules, export_onnx, network_digest, onnx_name
+    from autoseg.inference.models import load_stage_model
+    from autoseg.plans import stage_in_channels
+
+    why = _missing_modules("onnx")
+    if why:
+        raise AutosegError(f"--compiled: {why}")
+    sm = load_stage_model(stage, paths, torch.device("cpu"))
+    shape = [1, stage_in_channels(sm.plans, stage), *sm.patch_size]
+    rel = f"{paths[0].relative_to(ds_dir).parent.parent.as_posix()}/compiled/{onnx_name(network_digest(sm.network), shape)}"
+    with tempfile.TemporaryDirectory(prefix="autoseg-onnx-") as tmp:
+        return rel, export_onnx(sm.network, torch.zeros(shape), Path(tmp) / "network.onnx").read_bytes()
+
+
 def _dataset_json(name: str, plans: dict) -> dict:
     """The dataset's own dataset.json when this machine has it, else one built from the plans' labels."""
     for root in (preprocessed_root(), raw_root()):
@@ -73,8 +93,9 @@ def _dataset_json(name: str, plans: dict) -> dict:
 
 def export_bundle(task: str | int, output: str | os.PathLike, trainer: str = "Trainer",
                   stage_trainers: dict | None = None, folds: Sequence[int | str] | None = None,
-                  results: str | os.PathLike | None = None, name: str | None = None) -> Path:
-    """Write the stages' checkpoints (weights only) and their metadata as one zip; returns its path."""
+                  results: str | os.PathLike | None = None, name: str | None = None, compiled: bool = False) -> Path:
+    """Write the stages' checkpoints (weights only) and their metadata as one zip; returns its path.
+    ``compiled``: add each stage's network as ONNX for the CPU engines (needs the onnx package)."""
     ckpts = find_stage_checkpoints(task, trainer, stage_trainers, folds, results)
     ds_dir = resolve_dataset_dir(task, results)
     output = Path(output)
@@ -93,6 +114,9 @@ def export_bundle(task: str | int, output: str | os.PathLike, trainer: str = "Tr
             if plans is None or stage == "organ":
                 plans = slim["plans"]
         stages[stage] = entry
+        if compiled:
+            member, data = _compiled_member(stage, paths, ds_dir)
+            members[member] = data
     members["plans.json"] = json.dumps(plans, indent=2).encode()
     members["dataset.json"] = json.dumps(_dataset_json(ds_dir.name, plans), indent=2).encode()
     manifest = {
@@ -141,11 +165,13 @@ def check_manifest(manifest: object, where: str) -> dict:
             raise AutosegError(f"{where}: {MANIFEST} stage '{stage}' needs checkpoints named "
                                f"{stage}/TRAINER/fold_K/NAME.pt")
     folds = _fold_dirs(manifest)
+    compiled = _compiled_dirs(manifest)
     bad = [m for m in manifest["members"] if not _safe_member(m) or (
-        m not in _META and not any(m.startswith(f + "/") for f in folds))]
+        m not in _META and not any(m.startswith(f + "/") for f in folds)
+        and not (_ONNX_RE.match(m) and any(m.startswith(d + "/") for d in compiled)))]
     if bad:
         raise AutosegError(f"{where}: unsafe path in {MANIFEST}: {bad[0]!r} (members are {', '.join(_META)} "
-                           "and files inside the stages' fold folders)")
+                           "and files inside the stages' fold folders or their compiled/ ONNX files)")
     missing = sorted({c for e in manifest["stages"].values() for c in e["checkpoints"]} - set(manifest["members"]))
     if missing:
         raise AutosegError(f"{where}: {MANIFEST} names checkpoint {missing[0]} but lists no hash for it")
@@ -196,6 +222,12 @@ def _fold_dirs(manifest: dict) -> list[str]:
     return sorted({str(PurePosixPath(c).parent) for e in manifest["stages"].values() for c in e["checkpoints"]})
 
 
+def _compiled_dirs(manifest: dict) -> list[str]:
+    """The folders (``<stage>/<trainer>/compiled``) where a bundle's stages may carry ONNX exports."""
+    return sorted({f"{PurePosixPath(c).parent.parent}/compiled" for e in manifest["stages"].values()
+                   for c in e["checkpoints"]})
+
+
 def install_bundle(zip_path: str | os.PathLike, results: str | os.PathLike | None = None,
                    overwrite: bool = False) -> Path:
     """Check the whole bundle, then move its fold folders and metadata into ``AUTOSEG_RESULTS``."""
@@ -203,7 +235,8 @@ def install_bundle(zip_path: str | os.PathLike, results: str | os.PathLike | Non
     root = results_root(results)
     ds_dir = root / manifest["dataset_name"]
     meta_dir = ds_dir / INSTALLED / manifest["name"]
-    targets = _fold_dirs(manifest)
+    targets = _fold_dirs(manifest) + [d for d in _compiled_dirs(manifest)
+                                      if any(m.startswith(d + "/") for m in manifest["members"])]
     taken = [t for t in targets if (ds_dir / t).exists()] + ([str(meta_dir)] if meta_dir.exists() else [])
     if taken and not overwrite:
         raise AutosegError(f"{ds_dir / taken[0]}: already exists; pass --overwrite to replace it")

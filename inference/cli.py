@@ -32,6 +32,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                         help="network arithmetic: auto = fp16 on CUDA, bf16 on CPUs with native bf16 "
                              "(AVX512-BF16/AMX), else fp32")
+    parser.add_argument("--engine", default="auto", metavar="auto|eager|NAME[,NAME]",
+                        help="CPU network engine: auto = the fastest installed one that agrees with eager "
+                             "(onnxruntime, openvino, compile), measured once per model and cached; eager = PyTorch")
     parser.add_argument("--step-size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch (default 0.5; larger is faster)")
     parser.add_argument("--windows-per-batch", type=int, default=1, metavar="N",
@@ -77,7 +80,7 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
                   results: str | None = None, num_threads: int | None = None, postprocess: bool = True,
                   precision: str = "auto", windows_per_batch: int = 1, model: str | None = None,
                   output_format: str = "nifti", num_parts: int = 1, part_id: int = 0,
-                  plans_name: str | None = None, trainer_path: str | None = None) -> int:
+                  plans_name: str | None = None, trainer_path: str | None = None, engine: str = "auto") -> int:
     """Segment every case of ``input_path`` (or part ``part_id`` of ``num_parts``; under torchrun each
     rank a share of it) into ``output_dir`` with the models of ``task`` or of the bundle ``model``.
     Returns 0, or 1 if any case failed (named with their reason on stderr; the others are written)."""
@@ -87,8 +90,10 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
     from autoseg.inference.cohort import cohort_part, report
     from autoseg.inference.predictor import CascadePredictor
     from autoseg.inference.profiling import format_profile
+    from autoseg.inference.compiled import describe, parse_engine_choice
     if (task is None) == (model is None):
         raise AutosegError("give exactly one of -t TASK and -m MODEL")
+    parse_engine_choice(engine)  # a bad --engine fails before any model loads
     if model is not None and (folds or stage_trainers):
         raise AutosegError("-f and --stage-trainer choose among trained folders (-t); a bundle (-m) predicts with "
                            "what it holds: export another bundle instead")
@@ -104,7 +109,7 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
         t0 = time.perf_counter()
         kwargs = dict(device=part.device(device), step_size=step_size, tta=tta, cascade=cascade,
                       save_probabilities=save_probabilities, num_threads=num_threads, postprocess=postprocess,
-                      precision=precision, windows_per_batch=windows_per_batch)
+                      precision=precision, windows_per_batch=windows_per_batch, engine=engine)
         if model is not None:
             from autoseg.inference.bundle import open_model
 
@@ -117,7 +122,11 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
         log.info("models loaded on %s in %.1f s (stages: %s)", predictor.device, time.perf_counter() - t0,
                  ", ".join(predictor.stages))
 
+        if profile:
+            print(describe(predictor.engines), flush=True)
+
         def show(name: str, summary: dict) -> None:
+            summary["engines"] = {s: r["engine"] for s, r in predictor.engines.items()}  # into profile.json
             print(format_profile(name, summary), flush=True)
 
         failures = predictor.predict_folder(input_path, output_dir, continue_prediction=continue_prediction,
@@ -146,4 +155,4 @@ def run_from_args(args: argparse.Namespace) -> int:
                          postprocess=not args.no_postprocessing, precision=args.precision,
                          windows_per_batch=args.windows_per_batch, model=args.model,
                          output_format=args.output_format, num_parts=args.num_parts, part_id=args.part_id,
-                         plans_name=args.plans_name, trainer_path=args.trainer_path)
+                         plans_name=args.plans_name, trainer_path=args.trainer_path, engine=args.engine)

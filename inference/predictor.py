@@ -23,6 +23,7 @@ from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
 from autoseg.utils import clean_stale_temp_files, ensure_dir, save_npz
+from autoseg.inference.compiled import apply_engines
 from autoseg.inference.fused_resample import SlabArgmaxResampler
 from autoseg.inference.models import StageModel, find_stage_checkpoints, load_stage_model, resolve_dataset_dir
 from autoseg.provenance import check_stage_origins
@@ -105,7 +106,7 @@ class CascadePredictor:
     def __init__(self, models: dict, device: str | torch.device = "auto", step_size: float = 0.5,
                  tta: bool = False, cascade: bool = True, windows_per_batch: int | None = None,
                  postprocess: bool = True, save_probabilities: bool = False, num_threads: int | None = None,
-                 precision: str = "auto", dataset: str | None = None):
+                 precision: str = "auto", dataset: str | None = None, engine: str = "eager"):
         self.device = resolve_device(device)
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -144,6 +145,8 @@ class CascadePredictor:
         if windows_per_batch is not None and windows_per_batch < 1:
             raise AutosegError(f"windows per batch must be at least 1, got {windows_per_batch}")
         self.windows_per_batch = windows_per_batch or 1
+        # CPU: each stage's network behind the compiled engine measured fastest (inference/compiled.py)
+        self.engines = apply_engines(self.stages, engine, self.device, self.amp, self.windows_per_batch)
         self.lean = False  # switched on for good after a CUDA out-of-memory error
         self.profiles: dict[str, dict] = {}
         self.written: list[str] = []

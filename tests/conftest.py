@@ -13,6 +13,7 @@ def _isolated_paths(tmp_path, monkeypatch):
                 "AUTOSEG_TRAINER_PATH", "AUTOSEG_PLANNER_PATH"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    monkeypatch.setenv("AUTOSEG_ENGINE_CACHE", str(tmp_path / "engine-cache"))  # compiled-engine decisions
     yield
 
 
