@@ -19,7 +19,7 @@ import torch
 
 from autoseg import AutosegError
 from autoseg.devices import cpu_bf16_supported, resolve_device
-from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with_margin, crop_to_body
+from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with_margin
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
 from autoseg.utils import clean_stale_temp_files, ensure_dir, save_npz
@@ -31,6 +31,7 @@ from autoseg.inference.profiling import CaseProfile, MemorySampler
 from autoseg.inference.refinement import refine_stage
 from autoseg.inference.scope import in_scope
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
+from autoseg.inference.window_mask import WindowScope
 from autoseg.stage_graph import BODY, crop_labels, dependencies, is_localiser, stage_input
 from autoseg.nnunet.predict import logits_resampler, model_frame, nnunet_gaussian, original_frame
 from autoseg.nnunet.preprocessing import nnunet_block, nonzero_box, prepare as nnunet_prepare
@@ -101,6 +102,7 @@ class CascadePredictor:
     roi_min_component_fraction = 0.1  # roi components kept besides the largest (a separate kidney)
     roi_single_pass_factor = 2.0  # whole-volume roi pass if at most this many patches' voxels
     budget_bytes = 96 << 20  # in-flight upsampled logits in the fused resampler
+    skip_air_windows = True  # CT: windows holding no body voxel are not computed (predicted background)
 
     def __init__(self, models: dict, device: str | torch.device = "auto", step_size: float = 0.5,
                  tta: bool = False, cascade: bool = True, windows_per_batch: int | None = None,
@@ -145,6 +147,7 @@ class CascadePredictor:
             raise AutosegError(f"windows per batch must be at least 1, got {windows_per_batch}")
         self.windows_per_batch = windows_per_batch or 1
         self.lean = False  # switched on for good after a CUDA out-of-memory error
+        self.scope = WindowScope()  # the current case's body mask and window counts
         self.profiles: dict[str, dict] = {}
         self.written: list[str] = []
         self.label_names: dict[str, int] = self.stages["organ"].plans["labels"]
@@ -195,7 +198,10 @@ class CascadePredictor:
         with torch.inference_mode():
             with prof.stage("roi"):  # upload, body crop and every localiser stage
                 vol = self._upload(image)
-                body = nonzero_box(image) if self.nnunet is not None else crop_to_body(image)
+                if self.nnunet is not None:
+                    body, self.scope = nonzero_box(image), WindowScope()
+                else:
+                    body, self.scope = WindowScope.for_case(image, self._skips_windows())
                 found = {s: self._localise(self.stages[s], vol, spacing, body)
                          for s in self.order if s not in self.labellers and self.use_roi}
                 base = {s: self._base_box(s, found, body, spacing, image.shape) for s in self.labellers}
@@ -206,6 +212,7 @@ class CascadePredictor:
                 region = self._work_region(box, spacing, image.shape)
                 vol = self._crop_volume(vol, region)
             origin = [lo for lo, _ in region]
+            self.scope.origin = origin
             out = torch.zeros(bbox_shape(region), dtype=self.label_dtype, device=self.device)
             produced: set[int] = set()
             for s in self.labellers:
@@ -236,7 +243,13 @@ class CascadePredictor:
                     labels = original_frame(labels, self.nnunet)
         for d in probs.values():
             d["bbox"] = _shift(d["bbox"], origin, 1)
+        prof.windows.update(self.scope.counts)
+        self.scope = WindowScope()
         return labels, probs
+
+    def _skips_windows(self) -> bool:
+        """Skip air windows only where the body threshold means something: CT intensities."""
+        return self.skip_air_windows and all(sm.plans["intensity"].get("scheme") == "ct" for sm in self.stages.values())
 
     # ------------------------------------------------------------------ the stage graph
     def _stage_order(self) -> list[str]:
@@ -352,7 +365,8 @@ class CascadePredictor:
         x = self._prepare(sm, vol, body, spacing)
         logits = predict_sliding_window(sm.network, x, self._roi_window(sm, x.shape[1:]), sm.num_classes,
                                         self.step_size, self.windows_per_batch, True, self._mirror_axes(sm),
-                                        self.amp)
+                                        self.amp, mask=self.scope.stage_mask(body, x.shape[1:], x.device),
+                                        stats=self.scope.stats(sm.stage))
         fg = (logits.argmax(0) > 0).to(torch.uint8).cpu().numpy()
         coarse = fg.shape
         del logits, x
@@ -411,7 +425,9 @@ class CascadePredictor:
                 sm.network, x, sm.patch_size, sm.num_classes, self.step_size,
                 1 if self.lean else self.windows_per_batch, True if block is None else nnunet_gaussian(sm.patch_size),
                 self._mirror_axes(sm), self.amp,
-                torch.float16 if cuda_fast else torch.float32, accumulate_device=host):
+                torch.float16 if cuda_fast else torch.float32, accumulate_device=host,
+                mask=self.scope.stage_mask(box, net_shape, x.device) if block is None else None,
+                stats=self.scope.stats(sm.stage)):
             res.push(z0, z1, slab.to(host))
             del slab  # not alive during the next window's forward pass
         return out
