@@ -73,7 +73,7 @@ class MemorySampler:
 class CaseProfile:
     """Timings (s) and peaks (MB) of one case; ``enabled=False`` makes every call nearly free."""
 
-    STAGES = ("read", "roi", "organ", "tumour", "postprocess", "write")
+    STAGES = ("read", "prepare", "roi", "organ", "tumour", "postprocess", "write")
 
     def __init__(self, device: torch.device, enabled: bool = True, sampler: MemorySampler | None = None):
         self.device = device
