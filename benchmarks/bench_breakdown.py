@@ -115,10 +115,10 @@ def timed_predictor(plans: dict, ckpt_dir: Path, labels: np.ndarray, split: dict
         def _prepare(self, sm, *a, **k):
             return Timed(split, f"{sm.stage}.resample")(super()._prepare)(sm, *a, **k)
 
-        def predict_array_full(self, image, spacing, profile=None, name="image"):
+        def predict_array_full(self, image, spacing, profile=None, name="image", prepared=None):
             split.clear()
             try:
-                return super().predict_array_full(image, spacing, profile, name)
+                return super().predict_array_full(image, spacing, profile, name, prepared)
             finally:
                 splits[name] = {k: round(v, 3) for k, v in split.items()}
 

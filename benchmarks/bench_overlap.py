@@ -95,16 +95,22 @@ def stage_classes(pred, stage: str) -> list[int]:
 
 
 def choose(results: list[dict], tolerance: float) -> dict:
-    """Per stage: the cheapest setting (stage seconds) whose mean DSC is within ``tolerance`` of 0.5's."""
+    """Per stage: the largest step whose mean DSC is at most ``tolerance`` below step 0.5's (and whether
+    the whole-crop pass is within it too, and cheaper)."""
     out = {}
     for stage in dict.fromkeys(r["stage"] for r in results):
-        rows = [r for r in results if r["stage"] == stage]
-        base = next(r for r in rows if r["setting"] == 0.5)
-        ok = [r for r in rows if r["mean_dsc"] is not None and base["mean_dsc"] - r["mean_dsc"] <= tolerance]
-        best = min(ok, key=lambda r: r["stage_s"])
-        out[stage] = {"setting": best["setting"], "dsc_change": round(best["mean_dsc"] - base["mean_dsc"], 5),
-                      "stage_s": best["stage_s"], "stage_s_at_0.5": base["stage_s"],
-                      "largest_ok_step": max((r["setting"] for r in ok if r["setting"] != "whole"), default=0.5)}
+        rows = {r["setting"]: r for r in results if r["stage"] == stage}
+        base = rows[0.5]
+
+        def ok(r: dict) -> bool:
+            return r["mean_dsc"] is not None and base["mean_dsc"] - r["mean_dsc"] <= tolerance
+        step = max(v for v, r in rows.items() if v != "whole" and ok(r))
+        whole = rows.get("whole")
+        out[stage] = {"step": step, "dsc_change": round(rows[step]["mean_dsc"] - base["mean_dsc"], 5),
+                      "windows": rows[step]["windows"], "windows_at_0.5": base["windows"],
+                      "stage_s": rows[step]["stage_s"], "stage_s_at_0.5": base["stage_s"],
+                      "whole_ok": bool(whole and ok(whole)),
+                      "whole_dsc_change": round(whole["mean_dsc"] - base["mean_dsc"], 5) if whole else None}
     return out
 
 
@@ -116,6 +122,8 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=None, help="default: every loaded stage")
     ap.add_argument("--tolerance", type=float, default=0.002)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-cascade", action="store_true",
+                    help="no ROI pass: the organ stage searches the whole body crop (more windows per case)")
     ap.add_argument("--out", type=Path, required=True, help="JSON results (rows are appended stage by stage)")
     args = ap.parse_args()
 
@@ -125,7 +133,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     pred = CascadePredictor.from_results("501", trainer=args.trainer, folds=["all"], results=str(args.demo / "results"),
-                                         device="cpu", num_threads=args.threads, postprocess=False)
+                                         device="cpu", num_threads=args.threads, postprocess=False,
+                                         cascade=not args.no_cascade)
     cases = load_cases(args.demo, args.cases)
     old = json.loads(args.out.read_text()) if args.out.is_file() else {"results": []}
     done = {(r["stage"], r["setting"]) for r in old["results"]}
