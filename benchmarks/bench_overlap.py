@@ -10,6 +10,7 @@ cheapest acceptable one is the stage's choice.
 
     autoseg demo --work-dir /tmp/demo --num-test 6                         # trained models, once
     flock /tmp/autoseg-cpu.lock python benchmarks/bench_overlap.py --demo /tmp/demo --out overlap.json
+    python benchmarks/bench_overlap.py --markdown overlap.json                # the RESULTS table
 """
 from __future__ import annotations
 
@@ -114,7 +115,23 @@ def choose(results: list[dict], tolerance: float) -> dict:
     return out
 
 
+def markdown(path: Path) -> str:
+    """The results file's table: one row per stage and setting."""
+    res = json.loads(path.read_text())
+    base = {r["stage"]: r["mean_dsc"] for r in res["results"] if r["setting"] == 0.5}
+    lines = ["| stage | setting | mean DSC | change vs 0.5 | windows computed (skipped) | stage s |",
+             "|---|---|---|---|---|---|"]
+    for r in res["results"]:
+        ch = "" if r["mean_dsc"] is None or base.get(r["stage"]) is None else f"{r['mean_dsc'] - base[r['stage']]:+.4f}"
+        lines.append(f"| {r['stage']} | {r['setting']} | {r['mean_dsc']:.4f} | {ch} | {r['windows']} ({r['skipped']}) "
+                     f"| {r['stage_s']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--markdown"]:
+        print(markdown(Path(sys.argv[2])))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", type=Path, required=True, help="an `autoseg demo --work-dir` folder (trained)")
     ap.add_argument("--trainer", default="TrainerFast")

@@ -36,3 +36,14 @@ def test_bad_step_size_is_refused(tmp_path):
     ckpts = write_random_checkpoints(tiny_plans(stages=("organ",)), tmp_path)
     with pytest.raises(AutosegError, match="step size"):
         CascadePredictor(ckpts, device="cpu", step_size=1.5)
+
+
+def test_planner_writes_the_measured_step_per_stage_with_why():
+    from autoseg.planners import find_planner
+    from tests.test_planner import synthetic_fingerprint
+
+    plans = find_planner("CPUPlanner")(synthetic_fingerprint()).plan()
+    for stage, st in plans["stages"].items():
+        assert st["step_size"] == 0.5
+        assert "RESULTS_overlap.md" in st["why"]["step_size"] or "not measured" in st["why"]["step_size"]
+    assert "bench_overlap" in plans["stages"]["organ"]["why"]["step_size"]
