@@ -1,8 +1,10 @@
 """Input discovery, output naming, and the background reader / writer threads.
 
 Reading a compressed CT and writing the mask take about as long as predicting it on a GPU, so the
-next case is read and the previous one written while the current one computes. A case that cannot be
-read is reported (name and reason) and the others go on.
+next case is read (and given its model-independent preprocessing: ``prepare``) and the previous one
+written while the current one computes; SimpleITK and numpy release the GIL for that work, so on a CPU
+it runs beside torch's threads. ``background=False`` does both in line (the same outputs, in order).
+A case that cannot be read is reported (name and reason) and the others go on.
 """
 from __future__ import annotations
 
