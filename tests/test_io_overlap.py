@@ -42,7 +42,8 @@ def test_writer_in_line_reports_like_the_thread():
         w.submit("a", lambda: None)
         w.submit("b", lambda: 1 / 0)
         w.close()
-        assert done == [("a", None), ("b", "division by zero")] and w.failures == [("b", "write failed: division by zero")]
+        assert done == [("a", None), ("b", "division by zero")]
+        assert w.failures == [("b", "write failed: division by zero")]
 
 
 def test_overlap_on_and_off_write_the_same_masks_in_the_same_order(folder, tmp_path, monkeypatch):
