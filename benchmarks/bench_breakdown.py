@@ -176,7 +176,41 @@ def run_kind(kind: str, work: Path, plans: dict, copies: int, overlap: bool) -> 
             "profiles": profiles, "splits": splits}
 
 
+def markdown(path: Path) -> str:
+    """Per input kind: the median over cases after the first of each profile entry and split."""
+    res = json.loads(path.read_text())
+    out = []
+    for r in res["runs"]:
+        names = sorted(r["profiles"])[1:] or sorted(r["profiles"])
+        prof = [r["profiles"][n] for n in names]
+        spl = [v for k, v in sorted(r["splits"].items())][1:] or list(r["splits"].values())
+        med = lambda vals: statistics.median(vals) if vals else 0.0  # noqa: E731
+        rows = [(k, med([p.get(k, 0.0) for p in prof])) for k in ("read", "prepare")]
+        for st in ("roi", "organ", "tumour"):
+            total = med([p.get(st, 0.0) for p in prof])
+            res_s = med([x.get(f"{st}.resample", 0.0) for x in spl])
+            net_s = med([x.get(f"{st}.network", 0.0) for x in spl])
+            w = prof[-1].get("windows", {}).get(st, {})
+            rows.append((f"{st}: resample + normalise", res_s))
+            rows.append((f"{st}: network ({w.get('computed', 0)} windows, {w.get('skipped', 0)} skipped)", net_s))
+            rows.append((f"{st}: rest ({'upload, argmax, components, box' if st == 'roi' else 'argmax back, crops'})",
+                         total - res_s - net_s))
+        rows += [(k, med([p.get(k, 0.0) for p in prof])) for k in ("postprocess", "write")]
+        out.append(f"**{r['kind']}** {'x'.join(map(str, r['shape_zyx']))} (z, y, x), {r['copies']} copies, "
+                   f"overlap {'on' if r['overlap_io'] else 'off'}, {r['threads']} threads: steady state "
+                   f"**{r['steady_per_case_s']} s per case** (first case {r['first_case_s']} s, all {r['wall_s']} s)\n")
+        out.append("| part | s (median, cases after the first) |\n|---|---|")
+        out += [f"| {k} | {v:.2f} |" for k, v in rows]
+        out.append(f"| sum of the parts (read, prepare and write overlap the next case when on) | "
+                   f"{sum(v for _, v in rows):.2f} |\n")
+    out.append(f"load average before {res['load_before']}, after {res['load_after']}")
+    return "\n".join(out)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--markdown"]:
+        print(markdown(Path(sys.argv[2])))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["inputs", "run"])
     ap.add_argument("--work", type=Path, required=True)
