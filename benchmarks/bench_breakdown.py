@@ -1,7 +1,7 @@
 """Where the time of one real-sized CT goes on CPU, file to file, with the default CPU plans.
 
 Inputs: the TotalSegmentator example CT resampled to 0.8 x 0.8 x 2.5 mm (457 x 379 x 134 voxels) and a
-512 x 512 x 200 phantom. Plans: ``CPUPlanner`` on two such phantoms. Models: random weights (time does not
+512 x 512 x 200 phantom. Plans: ``CPUPlanner`` on that phantom. Models: random weights (time does not
 depend on them); the ROI and host-organ boxes are those of the labels (TotalSegmentator's own labels for
 the real CT), as a trained model would find them, while every network still runs and is timed.
 
@@ -51,7 +51,7 @@ def make_inputs(work: Path) -> None:
         root = Path(tmp) / "Dataset990_BenchReal"
         for sub in ("imagesTr", "labelsTr"):
             (root / sub).mkdir(parents=True)
-        for i in range(2):
+        for i in range(1):
             img, lab, geo = make_phantom(i, "real", shape=(200, 512, 512), spacing=(2.5, 0.8, 0.8))
             write_image(img, geo, root / "imagesTr" / f"case{i:03d}_0000.nii.gz")
             write_image(lab, geo, root / "labelsTr" / f"case{i:03d}.nii.gz")
@@ -60,7 +60,7 @@ def make_inputs(work: Path) -> None:
                 write_image(img, geo, work / "phantom512" / "image.nii.gz")
                 write_image(lab, geo, work / "phantom512" / "labels.nii.gz")
         (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": LABELS,
-                                                       "numTraining": 2, "file_ending": ".nii.gz"}))
+                                                       "numTraining": 1, "file_ending": ".nii.gz"}))
         fp = compute_fingerprint(RawDataset.load(root), num_workers=1, progress=False)
         (work / "plans_cpu.json").write_text(json.dumps(CPUPlanner(fp).plan(), indent=1))
     ct = sitk.ReadImage(str(REAL_CT / "example_ct.nii.gz"))
