@@ -109,6 +109,8 @@ class StageModel(_Model):
     network: dict
     input: InputModel = InputModel()
     refine: RefineModel | None = None
+    # sliding-window step at inference, a fraction of the patch (absent in older plans: 0.5)
+    step_size: Annotated[float, Field(gt=0, le=1)] = 0.5
 
     @model_validator(mode="after")
     def _classes(self) -> "StageModel":

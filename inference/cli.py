@@ -35,8 +35,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="auto", metavar="auto|eager|NAME[,NAME]",
                         help="CPU network engine: auto = the fastest installed one that agrees with eager "
                              "(onnxruntime, openvino, compile), measured once per model and cached; eager = PyTorch")
-    parser.add_argument("--step-size", type=float, default=0.5,
-                        help="sliding-window step as a fraction of the patch (default 0.5; larger is faster)")
+    parser.add_argument("--step-size", type=float, default=None,
+                        help="sliding-window step as a fraction of the patch (default: each stage's plans' "
+                             "step_size, 0.5 where they have none; larger is faster)")
     parser.add_argument("--windows-per-batch", type=int, default=1, metavar="N",
                         help="sliding windows per forward pass (default 1: least device memory; more can be "
                              "faster on a large GPU)")
@@ -75,7 +76,7 @@ def _parse_stage_trainers(items: Sequence[str]) -> dict[str, str]:
 
 def run_inference(input_path: str, output_dir: str, task: str | int | None, trainer: str = "Trainer",
                   stage_trainers: dict | None = None, folds: Sequence[int | str] | None = None,
-                  device: str = "auto", step_size: float = 0.5, tta: bool = False, cascade: bool = True,
+                  device: str = "auto", step_size: float | None = None, tta: bool = False, cascade: bool = True,
                   save_probabilities: bool = False, continue_prediction: bool = False, profile: bool = False,
                   results: str | None = None, num_threads: int | None = None, postprocess: bool = True,
                   precision: str = "auto", windows_per_batch: int = 1, model: str | None = None,

@@ -19,7 +19,7 @@ import torch
 
 from autoseg import AutosegError
 from autoseg.devices import cpu_bf16_supported, resolve_device
-from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with_margin, crop_to_body
+from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with_margin
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
 from autoseg.utils import clean_stale_temp_files, ensure_dir, save_npz
@@ -32,6 +32,8 @@ from autoseg.inference.profiling import CaseProfile, MemorySampler
 from autoseg.inference.refinement import refine_stage
 from autoseg.inference.scope import in_scope
 from autoseg.inference.sliding_window import autocast_dtype, iter_sliding_window, predict_sliding_window
+from autoseg.inference.prepared import PreparedCase, host_array, prepare_case
+from autoseg.inference.window_mask import WindowScope
 from autoseg.stage_graph import BODY, crop_labels, dependencies, is_localiser, stage_input
 from autoseg.nnunet.predict import logits_resampler, model_frame, nnunet_gaussian, original_frame
 from autoseg.nnunet.preprocessing import nnunet_block, nonzero_box, prepare as nnunet_prepare
@@ -101,9 +103,12 @@ class CascadePredictor:
 
     roi_min_component_fraction = 0.1  # roi components kept besides the largest (a separate kidney)
     roi_single_pass_factor = 2.0  # whole-volume roi pass if at most this many patches' voxels
+    single_pass_factor = 0.0  # the same for the labelling stages (0: always windows of the patch size)
     budget_bytes = 96 << 20  # in-flight upsampled logits in the fused resampler
+    skip_air_windows = True  # CT: windows holding no body voxel are not computed (predicted background)
+    overlap_io = True  # predict_folder: read + prepare the next case and write the last one in threads
 
-    def __init__(self, models: dict, device: str | torch.device = "auto", step_size: float = 0.5,
+    def __init__(self, models: dict, device: str | torch.device = "auto", step_size: float | None = None,
                  tta: bool = False, cascade: bool = True, windows_per_batch: int | None = None,
                  postprocess: bool = True, save_probabilities: bool = False, num_threads: int | None = None,
                  precision: str = "auto", dataset: str | None = None, engine: str = "eager"):
@@ -129,9 +134,9 @@ class CascadePredictor:
         self.use_roi = cascade and len(self.labellers) < len(self.order)
         if cascade and not self.use_roi:
             log.info("no localiser (roi) model: stages cropped from it run on the whole body-cropped volume")
-        if not 0 < step_size <= 1:
+        if step_size is not None and not 0 < step_size <= 1:
             raise AutosegError(f"step size must be in (0, 1], got {step_size}")
-        self.step_size = step_size
+        self.step_size = step_size  # None: each stage's plans say (0.5 where they do not)
         self.tta = tta
         self.postprocess = postprocess
         self.save_probabilities = save_probabilities
@@ -148,6 +153,7 @@ class CascadePredictor:
         # CPU: each stage's network behind the compiled engine measured fastest (inference/compiled.py)
         self.engines = apply_engines(self.stages, engine, self.device, self.amp, self.windows_per_batch)
         self.lean = False  # switched on for good after a CUDA out-of-memory error
+        self.scope = WindowScope()  # the current case's body mask and window counts
         self.profiles: dict[str, dict] = {}
         self.written: list[str] = []
         self.label_names: dict[str, int] = self.stages["organ"].plans["labels"]
@@ -181,10 +187,18 @@ class CascadePredictor:
         """Labels (z, y, x) of a CT array (z, y, x) in HU with spacing (z, y, x) in mm."""
         return self.predict_array_full(image, spacing, profile, name)[0]
 
+    def prepare(self, image: np.ndarray) -> PreparedCase | None:
+        """The model-independent preprocessing of a raw (z, y, x) array, safe in a reader thread; None for
+        an imported nnU-Net model (it works in its own frame)."""
+        if self.nnunet is not None:
+            return None
+        return prepare_case(image, self._intensity(), self._skips_windows())
+
     def predict_array_full(self, image: np.ndarray, spacing: Sequence[float],
-                           profile: CaseProfile | None = None, name: str = "image") -> tuple[np.ndarray, dict]:
+                           profile: CaseProfile | None = None, name: str = "image",
+                           prepared: PreparedCase | None = None) -> tuple[np.ndarray, dict]:
         """Labels plus, with ``save_probabilities``, each stage's probabilities inside its crop.
-        ``name`` (the case) is what out-of-scope warnings name."""
+        ``name`` (the case) is what out-of-scope warnings name; ``prepared``: ``self.prepare(image)``."""
         image = np.asarray(image)
         if image.ndim != 3:
             raise AutosegError(f"expected a 3D (z, y, x) image, got shape {image.shape}")
@@ -197,8 +211,12 @@ class CascadePredictor:
         probs: dict = {}
         with torch.inference_mode():
             with prof.stage("roi"):  # upload, body crop and every localiser stage
-                vol = self._upload(image)
-                body = nonzero_box(image) if self.nnunet is not None else crop_to_body(image)
+                if self.nnunet is not None:
+                    vol, body, self.scope = self._upload(image), nonzero_box(image), WindowScope()
+                else:
+                    prepared = prepared or self.prepare(image)
+                    vol = torch.from_numpy(prepared.host).to(self.device)
+                    body, self.scope = prepared.body, prepared.scope
                 found = {s: self._localise(self.stages[s], vol, spacing, body)
                          for s in self.order if s not in self.labellers and self.use_roi}
                 base = {s: self._base_box(s, found, body, spacing, image.shape) for s in self.labellers}
@@ -209,6 +227,7 @@ class CascadePredictor:
                 region = self._work_region(box, spacing, image.shape)
                 vol = self._crop_volume(vol, region)
             origin = [lo for lo, _ in region]
+            self.scope.origin = origin
             out = torch.zeros(bbox_shape(region), dtype=self.label_dtype, device=self.device)
             produced: set[int] = set()
             for s in self.labellers:
@@ -239,7 +258,13 @@ class CascadePredictor:
                     labels = original_frame(labels, self.nnunet)
         for d in probs.values():
             d["bbox"] = _shift(d["bbox"], origin, 1)
+        prof.windows.update(self.scope.counts)
+        self.scope = WindowScope()
         return labels, probs
+
+    def _skips_windows(self) -> bool:
+        """Skip air windows only where the body threshold means something: CT intensities."""
+        return self.skip_air_windows and all(sm.plans["intensity"].get("scheme") == "ct" for sm in self.stages.values())
 
     # ------------------------------------------------------------------ the stage graph
     def _stage_order(self) -> list[str]:
@@ -309,17 +334,12 @@ class CascadePredictor:
             return vol[_slices(region)]
         return vol[_slices(region)].clone()
 
+    def _intensity(self) -> dict:
+        return next(iter(self.stages.values())).plans["intensity"]
+
     def _upload(self, image: np.ndarray) -> torch.Tensor:
         """One host->device copy, in the smallest dtype that keeps what normalisation can see."""
-        inten = next(iter(self.stages.values())).plans["intensity"]
-        if image.dtype in (np.int16, np.uint8, np.int8):
-            arr = image
-        elif image.dtype.kind in "iu" and inten.get("scheme") == "ct" and -32768 <= min(inten["clip"]) \
-                and max(inten["clip"]) <= 32767:
-            arr = np.clip(image, -32768, 32767).astype(np.int16)  # lossless inside the clip window
-        else:
-            arr = image.astype(np.float32, copy=False)
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        return torch.from_numpy(host_array(image, self._intensity())).to(self.device)
 
     def _prepare(self, sm: StageModel, vol: torch.Tensor, box: BBox, spacing: list[float],
                  saliency: torch.Tensor | None = None) -> torch.Tensor:
@@ -336,16 +356,21 @@ class CascadePredictor:
             return x
         return torch.cat([x, resample_image(saliency.float(), shape, anisotropic=aniso)])
 
+    def _step(self, sm: StageModel) -> float:
+        """The sliding-window step: the caller's, else the stage's plans' ``step_size`` (older plans: 0.5)."""
+        return self.step_size if self.step_size is not None else float(sm.config.get("step_size", 0.5))
+
     def _mirror_axes(self, sm: StageModel) -> list[int] | None:
         return list(sm.config.get("mirror_axes", [0, 1, 2])) if self.tta else None
 
     def _roi_window(self, sm: StageModel, shape: Sequence[int]) -> list[int]:
         """The coarse pass only needs a box: when the whole volume (padded to the network's stride) is at
         most ``roi_single_pass_factor`` patches, one forward pass over all of it replaces the overlapping
-        windows (FLARE winners' whole-volume coarse pass)."""
+        windows (FLARE winners' whole-volume coarse pass). Labelling stages: ``single_pass_factor``."""
+        factor = self.roi_single_pass_factor if is_localiser(sm.plans, sm.stage) else self.single_pass_factor
         stride = np.prod(np.asarray(sm.config["network"]["strides"]), axis=0)
         whole = [int(-(-max(n, p) // s) * s) for n, p, s in zip(shape, sm.patch_size, stride)]
-        if np.prod(whole) <= self.roi_single_pass_factor * np.prod(sm.patch_size):
+        if np.prod(whole) <= factor * np.prod(sm.patch_size):
             return whole
         return sm.patch_size
 
@@ -354,8 +379,9 @@ class CascadePredictor:
         stages cropped from it add their own margins); None if nothing was found."""
         x = self._prepare(sm, vol, body, spacing)
         logits = predict_sliding_window(sm.network, x, self._roi_window(sm, x.shape[1:]), sm.num_classes,
-                                        self.step_size, self.windows_per_batch, True, self._mirror_axes(sm),
-                                        self.amp)
+                                        self._step(sm), self.windows_per_batch, True, self._mirror_axes(sm),
+                                        self.amp, mask=self.scope.stage_mask(body, x.shape[1:], x.device),
+                                        stats=self.scope.stats(sm.stage))
         fg = (logits.argmax(0) > 0).to(torch.uint8).cpu().numpy()
         coarse = fg.shape
         del logits, x
@@ -411,10 +437,12 @@ class CascadePredictor:
             res = logits_resampler(block, sm.spacing, spacing, net_shape, out, sm.num_classes, work,
                                    self.budget_bytes, p, lut)
         for z0, z1, slab in iter_sliding_window(
-                sm.network, x, sm.patch_size, sm.num_classes, self.step_size,
+                sm.network, x, self._roi_window(sm, net_shape), sm.num_classes, self._step(sm),
                 1 if self.lean else self.windows_per_batch, True if block is None else nnunet_gaussian(sm.patch_size),
                 self._mirror_axes(sm), self.amp,
-                torch.float16 if cuda_fast else torch.float32, accumulate_device=host):
+                torch.float16 if cuda_fast else torch.float32, accumulate_device=host,
+                mask=self.scope.stage_mask(box, net_shape, x.device) if block is None else None,
+                stats=self.scope.stats(sm.stage)):
             res.push(z0, z1, slab.to(host))
             del slab  # not alive during the next window's forward pass
         return out
@@ -479,25 +507,26 @@ class CascadePredictor:
                 if on_profile is not None:
                     on_profile(name, s)
 
-        writer = BackgroundWriter(on_done=written)
+        writer = BackgroundWriter(on_done=written, background=self.overlap_io)
         try:
-            for i, (case, item, read_s) in enumerate(prefetch(todo)):
+            for i, (case, item, io_s) in enumerate(prefetch(todo, prepare=self.prepare, background=self.overlap_io)):
                 if isinstance(item, Exception):
                     failures.append((case.path.name, str(item)))
                     log.error("%s", item)
                     continue
-                arr, geom = item
+                arr, geom, prepared = item
                 log.info("[%d/%d] %s %s", i + 1, len(todo), case.name, "x".join(map(str, arr.shape)))
                 prof = CaseProfile(self.device, enabled=profile, sampler=sampler)
-                prof.add_time("read", read_s)
+                for k, v in io_s.items():
+                    prof.add_time(k, v)
                 try:
-                    labels, probs = self.predict_array_full(arr, geom.spacing, prof, case.path.name)
+                    labels, probs = self.predict_array_full(arr, geom.spacing, prof, case.path.name, prepared)
                 except Exception as e:  # one bad case must not stop the others
                     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                     failures.append((case.path.name, f"prediction failed: {reason}"))
                     log.error("%s: prediction failed: %s", case.path, reason, exc_info=not isinstance(e, AutosegError))
                     continue
-                del arr
+                del arr, prepared
                 summaries[case.name] = prof.summary()
                 out_path = out_dir / case.output_name
                 extra = (lambda p=probs, o=out_path: _write_probabilities(p, o)) if probs else None

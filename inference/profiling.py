@@ -73,7 +73,7 @@ class MemorySampler:
 class CaseProfile:
     """Timings (s) and peaks (MB) of one case; ``enabled=False`` makes every call nearly free."""
 
-    STAGES = ("read", "roi", "organ", "tumour", "postprocess", "write")
+    STAGES = ("read", "prepare", "roi", "organ", "tumour", "postprocess", "write")
 
     def __init__(self, device: torch.device, enabled: bool = True, sampler: MemorySampler | None = None):
         self.device = device
@@ -82,6 +82,7 @@ class CaseProfile:
         self.times: dict[str, float] = {}
         self.notes: list[str] = []
         self.info: dict[str, dict] = {}  # per stage extras, e.g. refinement rounds and time per round
+        self.windows: dict[str, dict] = {}  # per stage sliding windows computed and skipped (outside the body)
         if enabled:
             if sampler is not None:
                 sampler.reset()
@@ -125,6 +126,8 @@ class CaseProfile:
             out["notes"] = list(self.notes)
         if self.info:
             out["stage_info"] = dict(self.info)
+        if self.windows:
+            out["windows"] = {k: dict(v) for k, v in self.windows.items()}
         return out
 
 
@@ -136,6 +139,8 @@ def format_profile(name: str, summary: dict) -> str:
     if "cuda_max_allocated_mb" in summary:
         mem += (f", CUDA max allocated {summary['cuda_max_allocated_mb']:.0f} MB, "
                 f"device peak used {summary['cuda_peak_used_mb']:.0f} MB")
+    for stage, w in summary.get("windows", {}).items():
+        parts.append(f"{stage} windows {w['computed']} ({w['skipped']} skipped)")
     for stage, info in summary.get("stage_info", {}).items():
         if "rounds" in info:
             parts.append(f"{stage} rounds {info['rounds']} ({', '.join(f'{t:.2f}' for t in info['seconds_per_round'])}s)")

@@ -17,6 +17,7 @@ from autoseg.plans import SCHEMA_VERSION, STAGES, validate_plans
 from autoseg.planners.memory import GIB, estimate_training_bytes
 from autoseg.planners.network_choice import choose_network
 from autoseg.planners.topology import get_topology, total_stride
+from autoseg.planners.window_steps import window_step
 
 log = logging.getLogger(__name__)
 
@@ -278,14 +279,19 @@ class ExperimentPlanner:
     def plan_stage(self, stage: str, spacing: list[float], median: list[int], why: dict) -> dict:
         patch, net = self.fit_patch(stage, spacing, median)
         bs, why_bs = self.batch_size(stage, net, patch, median)
+        step, why_step = self.step_size(stage)
         est = self.estimate_bytes(stage, net, patch, bs) / GIB
         why = dict(why, patch_size=(f"median {stage} crop is {median} voxels; patch {patch} is the largest whose "
                                     f"training step fits --gpu-memory-gb {self.gpu_memory_gb:g} (estimate "
                                     f"{est:.2f} GiB), divisible by the total stride {total_stride(net['strides'])}"),
-                   batch_size=why_bs, network=self.choose_network(stage)[1])
-        return {"target_spacing": _r(spacing, 4), "patch_size": patch, "batch_size": bs,
+                   batch_size=why_bs, network=self.choose_network(stage)[1], step_size=why_step)
+        return {"target_spacing": _r(spacing, 4), "patch_size": patch, "batch_size": bs, "step_size": step,
                 "classes": self.stage_classes(stage), "network": net, "median_shape": median,
                 "estimated_memory_gb": round(est, 3), "why": why}
+
+    def step_size(self, stage: str) -> tuple[float, str]:
+        """Sliding-window step at inference, as a fraction of the patch, and why (measured per stage)."""
+        return window_step(stage)
 
     def plan(self) -> dict:
         stages, why_stages = self.choose_stages()

@@ -90,19 +90,29 @@ def crop_to_body(image: np.ndarray, threshold: float = BODY_THRESHOLD_HU, factor
     volumes; the box is widened by one step on each side to cover the voxels skipped. When nothing
     exceeds the threshold (not CT, or an all-air phantom) the whole image is kept.
     """
+    body, steps = body_component(image, threshold, factor)
+    if body is None:
+        return full_bbox(image.shape)
+    box = bbox_of_mask(body)
+    assert box is not None  # the largest component is non-empty by construction
+    return [[max(0, lo * st - st), min(int(n), hi * st + st)]
+            for (lo, hi), st, n in zip(box, steps, image.shape)]
+
+
+def body_component(image: np.ndarray, threshold: float = BODY_THRESHOLD_HU,
+                   factor: int = 4) -> tuple[np.ndarray | None, list[int]]:
+    """The largest region brighter than ``threshold`` on the strided grid (voxel ``i`` of it is voxel
+    ``i * step`` of the image), and the steps; None when nothing exceeds the threshold."""
     import cc3d
 
     steps = _downsample_factors(image.shape, factor)
     small = image[:: steps[0], :: steps[1], :: steps[2]] > threshold
     if not small.any():
-        return full_bbox(image.shape)
+        return None, steps
     labels = cc3d.connected_components(small.astype(np.uint8), connectivity=26)
     counts = np.bincount(labels.ravel())
     counts[0] = 0
-    box = bbox_of_mask(labels == int(np.argmax(counts)))
-    assert box is not None  # the largest component is non-empty by construction
-    return [[max(0, lo * st - st), min(int(n), hi * st + st)]
-            for (lo, hi), st, n in zip(box, steps, image.shape)]
+    return labels == int(np.argmax(counts)), steps
 
 
 def margin_voxels(spacing_zyx: Sequence[float], margin_mm: Sequence[float] | float) -> list[int]:
