@@ -21,7 +21,7 @@ COPY planners planners
 COPY trainers trainers
 COPY inference inference
 COPY evaluation evaluation
-RUN python -m pip install ".[dicom]" && autoseg --version
+RUN python -m pip install ".[dicom,engines]" && autoseg --version
 
 WORKDIR /workspace
 # predict.sh always; every docker/*.zip too (docker/model.zip is the bundle predict.sh reads by default)

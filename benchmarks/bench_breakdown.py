@@ -99,6 +99,9 @@ class Timed:
         return wrapped
 
 
+ENGINE = "auto"  # what run_inference uses by default (--engine)
+
+
 def timed_predictor(plans: dict, ckpt_dir: Path, labels: np.ndarray, split: dict, splits: dict):
     """Random-weight cascade with the labels' boxes; ``split`` collects per-stage resample / network
     times of the case in progress, ``splits`` keeps them per case."""
@@ -122,7 +125,7 @@ def timed_predictor(plans: dict, ckpt_dir: Path, labels: np.ndarray, split: dict
             finally:
                 splits[name] = {k: round(v, 3) for k, v in split.items()}
 
-    pred = Split(ckpts, device="cpu")
+    pred = Split(ckpts, device="cpu", engine=ENGINE)
     for s, sm in pred.stages.items():
         inner = sm.network
 
@@ -219,12 +222,15 @@ def main() -> None:
     ap.add_argument("--no-overlap", action="store_true", help="read and write in line with the compute")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--engine", default="auto", help="network engine, as run_inference --engine")
     args = ap.parse_args()
     if args.what == "inputs":
         make_inputs(args.work)
         return
     import torch
 
+    global ENGINE
+    ENGINE = args.engine
     torch.set_num_threads(args.threads)
     plans = json.loads((args.work / "plans_cpu.json").read_text())
     res = {"load_before": os.getloadavg(), "runs": []}
