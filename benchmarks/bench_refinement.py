@@ -13,7 +13,8 @@ did before). The test phantoms are predicted by the organ stage alone and by org
     flock /tmp/autoseg-cpu.lock nice -n 10 python -m benchmarks.bench_refinement evaluate --work W --seed S
     python -m benchmarks.bench_refinement report --work W --out benchmarks/RESULTS_refinement.md
 
-Each step is one locked job of a few minutes (``benchmarks/bench_refinement.sh`` chains them).
+Each step is one locked job of a few minutes; ``seed`` runs organ, refine and evaluate of one seed as one
+job (``benchmarks/bench_refinement.sh`` chains prepare and the seeds).
 """
 from __future__ import annotations
 
@@ -242,7 +243,7 @@ def report(work: Path, out_path: Path, arms: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["prepare", "organ", "refine", "evaluate", "report"])
+    ap.add_argument("command", choices=["prepare", "organ", "refine", "evaluate", "seed", "report"])
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train", type=int, default=10, help="training phantoms")
@@ -263,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     elif a.command == "refine":
         refine(a.work, a.seed, a.refine_epochs, a.iters, arms)
     elif a.command == "evaluate":
+        evaluate(a.work, a.seed, arms)
+    elif a.command == "seed":  # organ, refine and evaluate in one locked job
+        organ(a.work, a.seed, a.organ_epochs, a.iters)
+        refine(a.work, a.seed, a.refine_epochs, a.iters, arms)
         evaluate(a.work, a.seed, arms)
     else:
         report(a.work, a.out, arms)

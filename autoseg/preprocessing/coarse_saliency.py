@@ -173,9 +173,12 @@ def predict_coarse_saliency(plans: dict, stage: str, dataset_folder: str | os.Pa
             continue
         if model is None:  # the checkpoint's own plans build the network (one registry, as inference)
             model = load_stage_model(src, [ckpt], dev)
+            if stage_hash(model.plans, src) != stage_hash(plans, src):
+                raise AutosegError(f"{ckpt}: stage '{src}' of this checkpoint was trained on other preprocessing "
+                                   f"(spacing, crop or labels) than the cache in {Path(dataset_folder) / src}")
         sdata, _, smeta = load_case(dataset_folder, src, case)
         local = _source_labels(model.network, sdata, model.plans, src, n_img, dev)
-        sal = coarse_channels(local, smeta, meta, plans, src, classes, dev)
+        sal = coarse_channels(local, smeta, meta, model.plans, src, classes, dev)
         gt = data[n_img:] > 0.5
         record = {"kind": KIND, "case_id": case, "stage": stage, "source_stage": src, "classes": list(classes),
                   "checkpoint": str(ckpt), "checkpoint_sha256": sha, "fold": str(fold), "stage_hash": h,
