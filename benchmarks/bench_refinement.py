@@ -25,6 +25,7 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,8 +161,29 @@ def evaluate(work: Path, seed: int, arms: list[str]) -> dict:
         out[name] = rows
         print(name, json.dumps({"dsc": float(np.mean([r["dsc"] for r in rows]))}))
     out["load_avg"] = os.getloadavg()[0]
+    out["cli_profile"] = cli_profile(work, seed, arms[0], cases[0])
     (work / f"seed{seed}" / "evaluation.json").write_text(json.dumps(out, indent=1))
     return out
+
+
+def cli_profile(work: Path, seed: int, arm: str, image: Path) -> str:
+    """What ``autoseg run_inference --profile`` prints for one test case (checkpoints linked into the
+    results layout the CLI reads)."""
+    res, cli = work / f"seed{seed}" / "results", work / f"seed{seed}" / "cli_results"
+    for stage, src in ((ORGAN, res / ORGAN), (REFINE, res / f"{REFINE}_{arm}")):
+        d = cli / NAME / stage / "Bench" / "fold_all"
+        d.mkdir(parents=True, exist_ok=True)
+        if not (d / "checkpoint_final.pt").exists():
+            (d / "checkpoint_final.pt").symlink_to(src / "checkpoint_final.pt")
+    single = work / f"seed{seed}" / "cli_in"
+    single.mkdir(exist_ok=True)
+    if not (single / image.name).exists():
+        (single / image.name).symlink_to(image)
+    cmd = ["autoseg", "run_inference", "-i", str(single), "-o", str(work / f"seed{seed}" / "cli_out"), "-t", NAME,
+           "-tr", "Bench", "-f", "all", "--results", str(cli), "--device", "cpu", "--profile"]
+    run = subprocess.run([sys.executable, "-m", "autoseg", *cmd[1:]], capture_output=True, text=True)
+    lines = [ln for ln in run.stdout.splitlines() if "rounds" in ln]
+    return lines[0] if lines else f"(no profile line; rc {run.returncode}: {run.stderr.strip()[-300:]})"
 
 
 def _load(path: Path, read_image) -> tuple[np.ndarray, list[float]]:
@@ -237,6 +259,8 @@ def report(work: Path, out_path: Path, arms: list[str]) -> None:
         str(json.loads((work / f"seed{s}" / "results" / ORGAN / "bench_train.json").read_text())["wall_s"])
         for s in seeds) + "; " + "; ".join(f"{a} " + ", ".join(str(i["wall_s"]) for i in ref_info[a])
                                         for a in arms) + "."]
+    lines += ["", "`autoseg run_inference --profile` on one test phantom (seed " + str(seeds[0]) + ", arm " + arms[0] + "):",
+              "", "```", ev[seeds[0]].get("cli_profile", "(not run)"), "```"]
     out_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
