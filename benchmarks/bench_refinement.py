@@ -233,7 +233,7 @@ def report(work: Path, out_path: Path, arms: list[str]) -> None:
     for s in seeds:
         cells = [f"{mean_dsc(a, s):.4f}" if a in ev[s] else "–" for a in ("organ", "schedule", "gtonly")]
         cd = coarse_dsc(work, s)
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {cd:.4f} |" if cd is not None else " | – |")
+        lines.append(f"| {s} | " + " | ".join(cells) + (f" | {cd:.4f} |" if cd is not None else " | – |"))
     for a in ("organ", *arms):
         vals = [mean_dsc(a, s) for s in seeds if a in ev[s]]
         if a != "organ":
