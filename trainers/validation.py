@@ -134,7 +134,7 @@ def validate_fold(trainer: "Trainer") -> dict | None:
     labels = dict(zip(trainer.class_names, trainer.class_values))
     per_case = validate_cases(trainer.val_cases[trainer.rank::trainer.world_size], trainer.validation_predictor(),
                               stage_dir, labels, trainer.validation_tolerances, out_dir, trainer.write_log,
-                              trainer.validation_input)
+                              getattr(trainer, "validation_input", None))
     merged: dict[str, dict] = {}
     for part in ddp.all_gather_objects(per_case):
         merged.update(part)
