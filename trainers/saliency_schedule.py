@@ -125,7 +125,7 @@ class SaliencySchedule:
         if getattr(self, "_coarse_dir", None) is None:
             own = coarse_folder(self.dataset_folder, self.stage, self.fold)
             fold = self.coarse_saliency_fold or (self.fold if own.is_dir() else "all")
-            cases = self.train_cases + self.val_cases
+            cases = sorted(set(self.train_cases + self.val_cases))
             missing = missing_cases(self.dataset_folder, self.plans, self.stage, fold, cases)
             if missing:
                 src = stage_input(self.plans, self.stage).saliency_stage

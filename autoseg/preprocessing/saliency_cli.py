@@ -23,10 +23,16 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help="use plans_NAME.json and its caches and results")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--force", action="store_true", help="redo cases already predicted by this checkpoint")
+    parser.add_argument("--trainer-path", metavar="DIR", default=None, dest="trainer_path",
+                        help="folder(s) with user trainer/network files (also AUTOSEG_TRAINER_PATH)")
     return parser
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if getattr(args, "trainer_path", None):  # a network defined beside the user's trainer builds here too
+        from autoseg.trainers.registry import load_user_modules
+
+        load_user_modules(args.trainer_path)
     dataset_folder = find_dataset_folder(args.task, preprocessed_root(getattr(args, "preprocessed", None)))
     plans = load_plans(dataset_folder / plans_file_name(args.plans_name))
     sub = plans_subdir(args.plans_name)
