@@ -13,6 +13,7 @@ from autoseg import AutosegError, __version__
 # name -> (module defining add_cli_arguments/run_from_args, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "plan_and_preprocess": ("autoseg.planners.cli", "fingerprint a raw dataset, write plans.json, build the .npz caches"),
+    "refine_saliency": ("autoseg.preprocessing.saliency_cli", "cache a refinement stage's training saliency: its source stage's predictions"),
     "run_training": ("autoseg.trainers.cli", "train one stage (roi|organ|tumour) with a Trainer class found by name"),
     "run_inference": ("autoseg.inference.cli", "segment CT images with the fused ROI -> organ -> tumour cascade"),
     "export": ("autoseg.inference.export_cli", "write a trained model (weights, plans, rules) as one checked zip"),

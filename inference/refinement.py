@@ -4,8 +4,10 @@ agree (DSC >= ``refine.stop_dsc``, default 0.99) or ``refine.max_rounds`` is rea
 
 The saliency is the previous prediction's mask of each saliency class (1 inside, 0 outside), resampled
 to the stage's grid like the CT (so trilinearly soft at the edges): the fused predictor keeps labels,
-not probabilities, on the device. Training uses ground-truth masks perturbed the same way a coarse
-model errs (``autoseg.trainers.saliency``).
+not probabilities, on the device. Training feeds ground-truth masks perturbed the way a coarse model
+errs (``autoseg.trainers.saliency``), then the source stage's own predictions on the training cases,
+made the same way as here (``autoseg.preprocessing.coarse_saliency``; schedule:
+``autoseg.trainers.saliency_schedule``).
 """
 from __future__ import annotations
 

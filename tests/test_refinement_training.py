@@ -25,4 +25,20 @@ def test_only_saliency_stages_get_the_perturbation():
     assert with_saliency_perturbation(marker, plans, "organ") is marker
     composed = with_saliency_perturbation(marker, copy.deepcopy(plans), "refine")
     assert isinstance(composed.transforms[0], SaliencyPerturbation) and composed.transforms[0].first == 1
-    assert composed.transforms[1] is marker
+    assert composed.transforms[1].transforms is marker
+
+
+def test_saliency_channels_follow_mirroring_but_not_intensity_transforms():
+    from autoseg.augmentation import AugmentationConfig, training_transforms
+    from autoseg.trainers.saliency import ShieldSaliency
+
+    np.random.seed(1)
+    data = np.random.rand(4, 2, 8, 16, 16).astype(np.float32)
+    mask = np.zeros((4, 1, 8, 16, 16), np.int8)
+    mask[:, :, 2:5, 1:6, 3:12] = 1
+    data[:, 1] = mask[:, 0]
+    cfg = AugmentationConfig(p_noise=1.0, p_brightness=1.0, p_gamma=1.0)
+    out = ShieldSaliency(training_transforms((8, 16, 16), cfg), 1)(data=data.copy(), seg=mask.copy())
+    assert out["seg"].dtype == np.int8 and out["data"].shape == data.shape
+    assert np.array_equal(out["data"][:, 1], out["seg"][:, 0].astype(np.float32))  # mirrored together, exact
+    assert not np.allclose(out["data"][:, 0], data[:, 0])  # the image itself was transformed

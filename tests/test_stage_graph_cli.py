@@ -98,6 +98,9 @@ def test_user_network_beside_trainer_trains_and_predicts(phantom_dataset, monkey
     with np.load(next((pre / "plans_refine" / "pancreas_refine").glob("*.npz"))) as z:
         assert z["data"].shape[0] == 2 and 0 < z["data"][1].max() <= 1  # CT + ground-truth saliency
     for stage in ("organ", "pancreas_refine"):
+        if stage == "pancreas_refine":  # its training reads the organ model's predictions (refine_saliency)
+            assert main(["refine_saliency", stage, "501", "all", "-tr", "TrainerUserNet", "-p", "refine",
+                         "--device", "cpu", "--trainer-path", str(users)]) == 0
         assert main(["run_training", stage, "TrainerUserNet", "501", "all", "-nw", "0", "--device", "cpu",
                      "-p", "refine", "--trainer-path", str(users)]) == 0
     named = root / "res" / "Dataset501_Phantom" / "plans_refine" / "pancreas_refine" / "TrainerUserNet" / "fold_all"

@@ -174,9 +174,13 @@ class PatchSampler:
             return [int(np.clip(c - p // 2, lb, ub)) for c, p, lb, ub in zip(loc, self.patch, lbs, ubs)]
         return [np.random.randint(lb, ub + 1) for lb, ub in zip(lbs, ubs)]
 
+    def case_arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The (data, seg) arrays patches are cut from (a subclass may swap channels)."""
+        return self.store.arrays(case_id)
+
     def sample(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         """One (data (C,*P) float32, seg (1,*P) int8) patch of ``case_id``."""
-        img, lbl = self.store.arrays(case_id)
+        img, lbl = self.case_arrays(case_id)
         params = self.spatial.draw() if self.spatial is not None else None
         start = self._start(case_id, img.shape[1:], np.random.uniform() < self.oversample_foreground)
         if params is None:

@@ -1,7 +1,8 @@
 """Training input of a refinement stage: the saliency channels are ground-truth masks, degraded per
 sample the way a coarse model errs (grown or shrunk by a few voxels, shifted, now and then missing),
 so the network learns to correct a prediction rather than copy it; a share of samples keeps the clean
-mask (RSTN trains with ground-truth saliency early and predicted saliency later; we mix the two).
+mask. Later in training, samples read the coarse stage's own predictions instead, undegraded
+(``autoseg.trainers.saliency_schedule``, RSTN's modes).
 """
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ class SaliencyPerturbation:
 
     def __call__(self, **batch: Any) -> dict:
         data = batch["data"]
+        coarse = batch.pop("coarse", None)  # samples already reading a coarse prediction stay as they are
         rng = np.random.default_rng(np.random.randint(0, 2 ** 31))  # the worker's seeded global stream
         for b in range(data.shape[0]):
-            if rng.uniform() < self.p_clean:
+            if rng.uniform() < self.p_clean or (coarse is not None and coarse[b]):
                 continue
             for c in range(self.first, data.shape[1]):
                 data[b, c] = self.degrade(data[b, c], rng)
@@ -47,7 +49,24 @@ def with_saliency_perturbation(transforms: Any, plans: dict, stage: str) -> Any:
     if not n_sal:
         return transforms
     first = stage_in_channels(plans, stage) - n_sal
-    return Chain([SaliencyPerturbation(first), *([transforms] if transforms is not None else [])])
+    return Chain([SaliencyPerturbation(first), *([ShieldSaliency(transforms, first)] if transforms is not None else [])])
+
+
+class ShieldSaliency:
+    """Runs the image transforms with the saliency channels carried as extra segmentation channels: they
+    follow the spatial steps (mirroring) but not the intensity ones (noise, brightness, gamma...), which
+    would turn a mask into something inference never feeds."""
+
+    def __init__(self, transforms: Any, first_channel: int) -> None:
+        self.transforms, self.first = transforms, first_channel
+
+    def __call__(self, **batch: Any) -> dict:
+        data, seg = batch["data"], batch["seg"]
+        carried = np.concatenate([np.asarray(seg, np.float32), np.asarray(data[:, self.first:], np.float32)], 1)
+        out = self.transforms(**{**batch, "data": np.ascontiguousarray(data[:, :self.first]), "seg": carried})
+        s = np.asarray(out["seg"])
+        return {**out, "data": np.concatenate([out["data"], s[:, seg.shape[1]:]], 1),
+                "seg": np.rint(s[:, :seg.shape[1]]).astype(seg.dtype)}
 
 
 class Chain:

@@ -34,9 +34,10 @@ from autoseg.devices import cpu_bf16_supported, resolve_device
 from autoseg.trainers.checkpoint import (load_checkpoint, load_pretrained, most_advanced_checkpoint, rng_state,
                                         save_checkpoint, set_rng_state)
 from autoseg.trainers.networks_state import MAIN, NetworkSlot, load_slots, slots_payload
-from autoseg.trainers.data import BatchLoader, BatchStream, CaseStore, PatchSampler, seed_process
+from autoseg.trainers.data import BatchLoader, BatchStream, CaseStore, seed_process
 from autoseg.trainers.progress import TrainingLog, epoch_bar
 from autoseg.trainers.saliency import with_saliency_perturbation
+from autoseg.trainers.saliency_schedule import SaliencySchedule
 from autoseg.trainers.schedule import PolyLR
 from autoseg.trainers.splits import fold_cases, load_or_create_splits, parse_fold
 
@@ -46,8 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Trainer:
-    """nnU-Net-style trainer: Dice+CE with deep supervision, SGD Nesterov, poly LR, foreground oversampling."""
+class Trainer(SaliencySchedule):
+    """nnU-Net-style trainer: Dice+CE with deep supervision, SGD Nesterov, poly LR, foreground oversampling
+    (refinement stages: the saliency schedule of ``SaliencySchedule``)."""
 
     num_epochs: int = 1000
     iters_per_epoch: int = 250
@@ -183,10 +185,7 @@ class Trainer:
     def get_dataloaders(self) -> tuple[BatchLoader, BatchLoader]:
         """Training and per-epoch validation loaders (the caller closes them)."""
         store = CaseStore(self.dataset_folder / self.stage, self.train_cases + self.val_cases)
-        tr = PatchSampler(store, self.train_cases, self.batch_size, self.patch_size, self.oversample_foreground,
-                          self.spatial_augmenter(), self.num_classes)
-        va = PatchSampler(store, self.val_cases, self.batch_size, self.patch_size, self.oversample_foreground,
-                          num_classes=self.num_classes)
+        tr, va = self.training_sampler(store), self.validation_sampler(store)  # PatchSamplers (SaliencySchedule)
         seed = self.seed + 7919 * self.rank
         pin = self.device.type == "cuda"
         val_workers = 0 if self.num_workers == 0 else max(1, self.num_workers // 2)

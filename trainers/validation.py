@@ -86,12 +86,14 @@ def case_labels(labels: Mapping[str, int], class_values: list[int], props: Mappi
 
 def validate_cases(cases: Sequence[str], predict: Predictor, stage_dir: Path, labels: Mapping[str, int],
                    tolerances: str | float, out_dir: Path | None = None,
-                   report: Callable[[str], None] = log.info) -> dict[str, dict]:
+                   report: Callable[[str], None] = log.info,
+                   case_input: Callable[[str, np.ndarray], np.ndarray] | None = None) -> dict[str, dict]:
     """Predict and score cached cases of one stage; any trainer (or script) can call it.
 
     Returns ``{case: {label value: metrics}}``. Voxels marked -1 (not annotated) are excluded from both
     maps and a partially labelled case is scored on the classes it annotates only. With ``out_dir``
-    the predictions are written there on the stage grid.
+    the predictions are written there on the stage grid. ``case_input(case, data)`` may replace the cached
+    volume the predictor sees (a refinement stage's saliency channels).
     """
     from autoseg.evaluation.metrics import compute_metrics
 
@@ -100,6 +102,8 @@ def validate_cases(cases: Sequence[str], predict: Predictor, stage_dir: Path, la
     for case in cases:
         data, seg = open_case_arrays(stage_dir / f"{case}.npz")
         props = load_json(stage_dir / f"{case}.json")
+        if case_input is not None:
+            data = case_input(case, data)
         local_gt = np.asarray(seg[0])
         pred = to_original_labels(predict(data), class_values)
         gt = to_original_labels(local_gt, class_values)
@@ -129,7 +133,8 @@ def validate_fold(trainer: "Trainer") -> dict | None:
     stage_dir = trainer.dataset_folder / trainer.stage
     labels = dict(zip(trainer.class_names, trainer.class_values))
     per_case = validate_cases(trainer.val_cases[trainer.rank::trainer.world_size], trainer.validation_predictor(),
-                              stage_dir, labels, trainer.validation_tolerances, out_dir, trainer.write_log)
+                              stage_dir, labels, trainer.validation_tolerances, out_dir, trainer.write_log,
+                              getattr(trainer, "validation_input", None))
     merged: dict[str, dict] = {}
     for part in ddp.all_gather_objects(per_case):
         merged.update(part)
