@@ -123,7 +123,32 @@ def report(w) -> None:
              f"- **date**: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
              f"- **machine**: {_cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}",
              "- **regenerate**: see `benchmarks/bench_equal_work.py` (prepare, then run under "
-             "`flock /tmp/autoseg-cpu.lock`, then report)", ""]
+             "`flock /tmp/autoseg-cpu.lock`, then report)", "",
+             "## What is compared", "",
+             "- **Cases**: `../shared/data/totalseg/example_ct` resampled to 0.8x0.8x2.5 mm (134x379x458 voxels, "
+             "z y x) in five variants (as is, mirrored, Gaussian noise, intensity-scaled, half-voxel shift). Each "
+             "tool predicts them at nnU-Net's planned spacing (2.5x0.8x0.8), i.e. no resampling of the volume "
+             "beyond the tools' own checks; the 512x512x200 variants written by `prepare` were not used in the "
+             "rows below (no time).",
+             "- **Network and windows**: nnU-Net's own plan for this dataset (PlainConvUNet, 6 stages, patch "
+             "64x160x192, step 0.5: 64 windows per case), built with nnU-Net's code, random weights, imported "
+             "with `autoseg import_nnunet`. The rows use the same network with every stage's features scaled "
+             "by 0.25 (8..80, `nnUNetPlansScaled25`): the full-width 32..320 network costs several times more "
+             "per window and 5 cases x every row did not fit this session on 2 cores. Time per case is still "
+             "dominated by the 64 network windows in both tools.",
+             "- **Steady state per case** = (command on 5 cases - command on 1 case) / 4: start-up, model "
+             "loading and autoseg's one-off engine measurement cancel for both tools alike.",
+             "- **Precision**: fp32 in every row. This CPU has no native bf16 (no AVX512-BF16/AMX): a 2048x2048 "
+             "bf16 matmul runs at ~0.3 GFLOP/s against ~80 GFLOP/s fp32, and a bf16-autocast window is 16-32x "
+             "slower than fp32 (`RESULTS_compiled.md`), so the bf16-vs-bf16 rows were not run; the nnU-Net "
+             "bf16 shim (`benchmarks/peer/predict_bf16.py`) and autoseg's `--precision bf16` row are in the "
+             "script for a CPU that has bf16 units. autoseg's default precision here is fp32.",
+             "- **autoseg defaults** = `run_inference` with no options: engine `auto` (the compiled engine "
+             "`auto` measured fastest and agreeing with eager, see `RESULTS_compiled.md`), step and windows as "
+             "the imported plans say (0.5; nnU-Net models keep nnU-Net's own preprocessing, so no body-window "
+             "skipping). *Equal windows* rows force `--engine eager` (plain PyTorch).",
+             "- Labels: random weights make the labels noise-like, so the agreement rows test that both tools "
+             "compute the same function, not segmentation quality.", ""]
     for key, rows in state.items():
         plans, n = key.split(":")
         lines += [f"## {plans}, {n} cases", "",
@@ -134,11 +159,18 @@ def report(w) -> None:
             ratio = f"{ref / r['steady']:.2f}x" if ref and r["steady"] > 0 else ""
             lines.append(f"| {row} | {r['one']:.1f} | {r['all']:.1f} | {r['steady']:.2f} | {ratio} | "
                          f"{r['load_before']:.1f}/{r['load_after']:.1f} |")
+        for row, r in rows.items():
+            if "one_cold" in r:
+                lines += ["", f"*{row}*: its first one-case command ({r['one_cold']:.1f} s) included engine auto's "
+                          "one-off measurement (export, build, time each engine), which the all-cases command then "
+                          "read from the cache; the one-case command was timed again with the cache warm "
+                          f"({r['one']:.1f} s), so both commands pay the same start-up. With the cold figure the "
+                          "steady state would read far faster than it is."]
         pred = w.work / "predictions" / plans
         pairs = [("autoseg fp32 vs nnU-Net fp32", "autoseg_fp32__equal_windows_all", "nnU_Net_fp32__defaults__all"),
                  ("autoseg bf16 vs autoseg fp32", "autoseg_bf16__equal_windows_all", "autoseg_fp32__equal_windows_all"),
                  ("nnU-Net bf16 vs nnU-Net fp32", "nnU_Net_bf16_shim__npp_0__nps_0_all", "nnU_Net_fp32__defaults__all"),
-                 ("autoseg defaults vs nnU-Net fp32", "autoseg_defaults_all", "nnU_Net_fp32__defaults__all")]
+                 ("autoseg defaults vs nnU-Net fp32", "autoseg_defaults__engine_auto__all", "nnU_Net_fp32__defaults__all")]
         lines += ["", "| labels compared | cases | voxels | agreement | mean DSC |", "|---|---|---|---|---|"]
         for tag, a, b in pairs:
             if (pred / a).is_dir() and (pred / b).is_dir():
