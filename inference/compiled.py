@@ -176,7 +176,13 @@ def parse_engine_choice(choice: str) -> list[str] | None:
     if choice == "eager":
         return None
     if choice == "auto":
-        return [n for n, e in ENGINES.items() if e.in_auto]
+        names = [n for n, e in ENGINES.items() if e.in_auto]
+        if "openvino" in names and ENGINES["openvino"].missing() is None:
+            # One ONNX runtime per process: with both onnxruntime and openvino loaded, a process that had
+            # trained (autoseg demo) segfaulted (2026-12-02, onnxruntime 1.32 + openvino 2026.4). OpenVINO
+            # was the faster of the two on every network measured (benchmarks/RESULTS_compiled.md).
+            names = [n for n in names if n != "onnxruntime"]
+        return names
     names = [n.strip() for n in choice.split(",") if n.strip()]
     bad = [n for n in names if n not in ENGINES]
     if bad or not names:
