@@ -32,7 +32,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                         help="network arithmetic: auto = fp16 on CUDA, bf16 on CPUs with native bf16 "
                              "(AVX512-BF16/AMX), else fp32")
-    parser.add_argument("--engine", default="auto", metavar="auto|eager|NAME[,NAME]",
+    parser.add_argument("--engine", default=None, metavar="auto|eager|NAME[,NAME]",
                         help="CPU network engine: auto = the fastest installed one that agrees with eager "
                              "(onnxruntime, openvino, compile), measured once per model and cached; eager = PyTorch")
     parser.add_argument("--step-size", type=float, default=None,
@@ -81,7 +81,7 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
                   results: str | None = None, num_threads: int | None = None, postprocess: bool = True,
                   precision: str = "auto", windows_per_batch: int = 1, model: str | None = None,
                   output_format: str = "nifti", num_parts: int = 1, part_id: int = 0,
-                  plans_name: str | None = None, trainer_path: str | None = None, engine: str = "auto") -> int:
+                  plans_name: str | None = None, trainer_path: str | None = None, engine: str | None = None) -> int:
     """Segment every case of ``input_path`` (or part ``part_id`` of ``num_parts``; under torchrun each
     rank a share of it) into ``output_dir`` with the models of ``task`` or of the bundle ``model``.
     Returns 0, or 1 if any case failed (named with their reason on stderr; the others are written)."""
@@ -94,6 +94,7 @@ def run_inference(input_path: str, output_dir: str, task: str | int | None, trai
     from autoseg.inference.compiled import describe, parse_engine_choice
     if (task is None) == (model is None):
         raise AutosegError("give exactly one of -t TASK and -m MODEL")
+    engine = engine or os.environ.get("AUTOSEG_ENGINE") or "auto"  # tests set eager (tests/conftest.py)
     parse_engine_choice(engine)  # a bad --engine fails before any model loads
     if model is not None and (folds or stage_trainers):
         raise AutosegError("-f and --stage-trainer choose among trained folders (-t); a bundle (-m) predicts with "

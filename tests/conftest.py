@@ -14,6 +14,9 @@ def _isolated_paths(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     monkeypatch.setenv("AUTOSEG_ENGINE_CACHE", str(tmp_path / "engine-cache"))  # compiled-engine decisions
+    # In-process tests run plain PyTorch: a test process that had loaded OpenVINO/ONNX Runtime segfaulted when
+    # it trained later (2026-12-02). The engines are tested in test_zz_compiled_engines.py, last.
+    monkeypatch.setenv("AUTOSEG_ENGINE", "eager")
     yield
 
 
