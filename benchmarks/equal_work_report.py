@@ -5,12 +5,12 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.measure import median_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "benchmarks" / "RESULTS_equal_work.md"
@@ -54,23 +54,13 @@ def _flops(net, x) -> float:
     return float(fc.get_total_flops())
 
 
-def _timed(fn, repeats: int = 3) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def peak_gflops(dtype) -> float:
     """Practical peak: a large square matmul (oneDNN/MKL's best case) on every core."""
     import torch
 
     n = 2048
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    return 2 * n ** 3 / _timed(lambda: a @ b) / 1e9
+    return 2 * n ** 3 / median_seconds(lambda: a @ b, 3) / 1e9
 
 
 def roofline(w, case_shape: tuple[int, int, int] = (134, 379, 458)) -> dict:

@@ -49,7 +49,8 @@ class Engine:
         return None
 
     def build(self, network: torch.nn.Module, example: torch.Tensor, onnx_path: Path | None) -> Runner:
-        raise NotImplementedError
+        """Abstract hook: every registered engine subclass returns its runner for ``example``'s shape."""
+        raise NotImplementedError(f"engine {self.name!r} does not implement build()")
 
 
 def export_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:

@@ -372,10 +372,8 @@ def test_sigkill_with_loader_workers_resumes_exactly(cache, tmp_path, monkeypatc
     resumed, ref = (torch.load(runs[n].output_folder / "checkpoint_final.pt", weights_only=True)
                     for n in ("resumed", "ref"))
     assert "resumed from" in (folder / "training_log.txt").read_text()
-    for key in ("train_loss", "lr"):
+    for key in ("train_loss", "val_loss", "lr"):
         assert resumed["logs"][key] == ref["logs"][key], key
-    # validation sums over cases in float32; after a resume its reduction order may differ in the last bit
-    assert resumed["logs"]["val_loss"] == pytest.approx(ref["logs"]["val_loss"], rel=1e-6)
     for k, v in ref["network_weights"].items():
         assert torch.equal(v, resumed["network_weights"][k]), k
 
