@@ -347,30 +347,34 @@ KILL_PROBE = textwrap.dedent('''
 ''')
 
 
-def test_sigkill_with_loader_workers_resumes_exactly(cache, tmp_path, monkeypatch):
+def _train_in_subprocess(tmp_path, cache, results, kill_at_step=0, resume=False):
+    """One `run_training` in a fresh process: the killed, the resumed and the reference run then share
+    thread settings and start-up state, as CLI runs do (an in-process reference inherited whatever earlier
+    tests had set and differed in the 7th digit of a float32 reduction)."""
+    code = ("import sys; from autoseg.trainers import run_training; run_training('organ', 'TrainerKilled', 900, 0, "
+            "epochs=2, iters_per_epoch=2, device='cpu', num_workers=2, trainer_path=sys.argv[1], "
+            "preprocessed=sys.argv[2], results=sys.argv[3], continue_training=sys.argv[4] == '1')")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KILL_AT_STEP": str(kill_at_step),
+           "KILL_MARK": str(tmp_path / "killed_in_epoch.txt")}
+    return subprocess.run([sys.executable, "-c", code, str(tmp_path / "tp"), str(cache), str(results),
+                           "1" if resume else "0"], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_sigkill_with_loader_workers_resumes_exactly(cache, tmp_path):
     """The CLI promises an exact resume: SIGKILL mid-epoch with 2 loader workers, then --continue, must
     give the same curves and final weights as an uninterrupted run."""
     (tmp_path / "tp").mkdir()
     (tmp_path / "tp" / "killed.py").write_text(KILL_PROBE)
-    mark = tmp_path / "killed_in_epoch.txt"
-    code = ("import sys; from autoseg.trainers import run_training; run_training('organ', 'TrainerKilled', 900, 0, "
-            "epochs=2, iters_per_epoch=2, device='cpu', num_workers=2, trainer_path=sys.argv[1], "
-            "preprocessed=sys.argv[2], results=sys.argv[3])")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KILL_AT_STEP": "3", "KILL_MARK": str(mark)}
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tp"), str(cache), str(tmp_path / "run")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = _train_in_subprocess(tmp_path, cache, tmp_path / "run", kill_at_step=3)
     assert proc.returncode == -9, proc.stderr[-2000:]  # it was killed, not finished or crashed
-    assert mark.read_text() == "1"  # first iteration of the second epoch, after epoch 1's checkpoint
+    assert (tmp_path / "killed_in_epoch.txt").read_text() == "1"  # epoch 2's first step, after epoch 1's checkpoint
     folder = tmp_path / "run" / NAME / "organ" / "TrainerKilled" / "fold_0"
     assert not (folder / "checkpoint_final.pt").exists()
-    cls = find_trainer("TrainerKilled", tmp_path / "tp")
-    runs = {}
-    for name, out, cont in (("resumed", folder, True), ("ref", tmp_path / "ref", False)):
-        runs[name] = make(cls, cache, out, num_epochs=2, num_workers=2)
-        runs[name].final_validation = lambda: None
-        runs[name].fit(continue_training=cont)
-    resumed, ref = (torch.load(runs[n].output_folder / "checkpoint_final.pt", weights_only=True)
-                    for n in ("resumed", "ref"))
+    for results, resume in ((tmp_path / "run", True), (tmp_path / "ref", False)):
+        proc = _train_in_subprocess(tmp_path, cache, results, resume=resume)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    resumed, ref = (torch.load(r / NAME / "organ" / "TrainerKilled" / "fold_0" / "checkpoint_final.pt",
+                               weights_only=True) for r in (tmp_path / "run", tmp_path / "ref"))
     assert "resumed from" in (folder / "training_log.txt").read_text()
     for key in ("train_loss", "val_loss", "lr"):
         assert resumed["logs"][key] == ref["logs"][key], key
