@@ -25,7 +25,6 @@ and time (one network per locked run keeps each under 15 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os
@@ -40,7 +39,6 @@ from autoseg.devices import cpu_bf16_supported
 from autoseg.networks import build_network
 from autoseg.plans import num_outputs, stage_in_channels
 from autoseg.inference import compiled as C
-from autoseg.inference.models import cast_conv_weights
 
 FULLRES = ({"class": "UNet", "features": [32, 64, 128, 256, 320, 320], "kernel_sizes": [[1, 3, 3]] + [[3, 3, 3]] * 5,
             "strides": [[1, 1, 1], [1, 2, 2]] + [[2, 2, 2]] * 4, "blocks": "plain"}, [80, 160, 160], 1, 8)
@@ -65,27 +63,7 @@ def networks_from(args: argparse.Namespace) -> dict[str, tuple[dict, list[int], 
 
 
 def _eager_bf16(net: torch.nn.Module, x: torch.Tensor):
-    net = copy.deepcopy(net)
-    cast_conv_weights(net, torch.bfloat16)
-
-    def run(t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return net(t).float()
-    return run
-
-
-class _OpenVinoBf16(C.OpenVinoEngine):
-    precision_hint = "bf16"
-
-
-def _openvino_bf16_missing() -> str | None:
-    why = C.OpenVinoEngine().missing()
-    if why:
-        return why
-    import openvino as ov
-
-    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return None if "BF16" in caps else f"CPU plugin lacks BF16 (capabilities: {', '.join(caps)})"
+    return C.eager_bf16(net)  # what the predictor runs under CPU bf16 autocast without an engine
 
 
 def _int8(engine: C.Engine, onnx_dir: Path):
@@ -125,7 +103,7 @@ def variants(onnx_dir: Path) -> dict:
         "torch.compile (inductor)": (C.CompileEngine().missing(), engine(C.CompileEngine())),
         "ONNX Runtime (CPU EP)": (C.OnnxRuntimeEngine().missing(), engine(C.OnnxRuntimeEngine())),
         "OpenVINO fp32": (C.OpenVinoEngine().missing(), engine(C.OpenVinoEngine())),
-        "OpenVINO bf16 hint": (_openvino_bf16_missing(), engine(_OpenVinoBf16())),
+        "OpenVINO bf16 hint": (C.OpenVinoBf16Engine().missing(), engine(C.OpenVinoBf16Engine())),
         "ONNX Runtime int8 (static QDQ)": (C.OnnxRuntimeEngine().missing(), _int8(C.OnnxRuntimeEngine(), onnx_dir)),
         "OpenVINO int8 (static QDQ)": (C.OpenVinoEngine().missing() or C.OnnxRuntimeEngine().missing(),
                                        _int8(C.OpenVinoEngine(), onnx_dir)),

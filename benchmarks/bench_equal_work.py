@@ -9,7 +9,8 @@ it, so both tools run the same network with the same patch and step 0.5, i.e. th
 
 Rows: nnU-Net fp32 (its defaults: 3 preprocessing + 3 export workers, and with ``-npp 0 -nps 0``), nnU-Net
 bf16 (``benchmarks/peer/predict_bf16.py``: its predictor under CPU bf16 autocast), autoseg fp32 and bf16
-with window skipping off (equal windows), and autoseg's defaults. Each row is two commands (one case;
+with window skipping off (equal windows), autoseg fp32 with its engine choice (on a CPU with native bf16
+the defaults run bf16 eager, and the compiled engines only run fp32), and autoseg's defaults. Each row is two commands (one case;
 all cases); steady state per case = (all - one) / (N - 1), which cancels start-up and model loading.
 Agreement: bf16 vs fp32 labels per tool, and autoseg vs nnU-Net at fp32.
 
@@ -175,6 +176,7 @@ def rows(w: Work, plans: str) -> dict[str, list[str]]:
             "nnU-Net bf16 shim -npp 0 -nps 0": bf16 + ["-npp", "0", "-nps", "0"],
             "autoseg fp32, equal windows": ours + ["--precision", "fp32"] + equal,
             "autoseg bf16, equal windows": ours + ["--precision", "bf16"] + equal,
+            "autoseg fp32, engine auto": ours + ["--precision", "fp32"],
             "autoseg defaults (engine auto)": ours}
 
 

@@ -43,6 +43,7 @@ class Engine:
     name = ""
     persistent = False  # True: its artefact (an .onnx file) can be cached on disk and carried by a bundle
     in_auto = True  # a candidate of --engine auto (else only when named)
+    bf16 = False  # computes in bf16: a candidate only where the run accepts bf16 (CPU bf16 autocast)
 
     def missing(self) -> str | None:
         """Why this engine cannot run here (a package not installed), or None."""
@@ -160,8 +161,29 @@ class OpenVinoEngine(Engine):
         return run
 
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (OnnxRuntimeEngine(), OpenVinoEngine(), ChannelsLastEngine(),
-                                                   CompileEngine())}
+class OpenVinoBf16Engine(OpenVinoEngine):
+    """OpenVINO with the bf16 precision hint, on CPUs with native bf16 (AVX512-BF16/AMX) only, and only
+    where the run already accepts bf16 (``--precision auto`` there, or ``bf16``): 1.5x OpenVINO fp32 on
+    the EPYC (AVX512-BF16) measured in benchmarks/RESULTS_compiled.md."""
+
+    name = "openvino_bf16"
+    precision_hint = "bf16"
+    bf16 = True
+
+    def missing(self) -> str | None:
+        from autoseg.devices import cpu_bf16_supported
+
+        why = super().missing() or (None if cpu_bf16_supported() else "CPU lacks native bf16 (AVX512-BF16/AMX)")
+        if why:
+            return why
+        import openvino as ov
+
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return None if "BF16" in caps else f"OpenVINO's CPU plugin lacks BF16 (capabilities: {', '.join(caps)})"
+
+
+ENGINES: dict[str, Engine] = {e.name: e for e in (OnnxRuntimeEngine(), OpenVinoEngine(), OpenVinoBf16Engine(),
+                                                   ChannelsLastEngine(), CompileEngine())}
 
 
 def register_engine(engine: Engine) -> Engine:
@@ -193,8 +215,9 @@ def parse_engine_choice(choice: str) -> list[str] | None:
 
 
 class EngineNetwork(torch.nn.Module):
-    """The stage network behind a compiled runner: windows of the built shape (CPU, fp32, no autocast)
-    go to the runner, anything else to the eager network."""
+    """The stage network behind a compiled runner: windows of the built shape on the CPU go to the runner
+    (in float32, outside any autocast: the engine sets its own precision), anything else to the eager
+    network (under the caller's autocast)."""
 
     def __init__(self, network: torch.nn.Module, runner: Runner, shape: Sequence[int], engine: str):
         super().__init__()
@@ -204,9 +227,9 @@ class EngineNetwork(torch.nn.Module):
         self.engine = engine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (tuple(x.shape) == self.shape and x.device.type == "cpu" and x.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu")):
-            return self.runner(x)
+        if tuple(x.shape) == self.shape and x.device.type == "cpu" and x.is_floating_point():
+            with torch.autocast("cpu", enabled=False):
+                return self.runner(x.float())
         return self.eager(x)
 
 
@@ -303,8 +326,9 @@ def _build(name: str, network: torch.nn.Module, example: torch.Tensor, digest: s
 
 
 def _try(name: str, network: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, digest: str,
-         artefact_dirs: Sequence[Path]) -> tuple[Runner | None, dict]:
-    """Build one engine and check it on the probe: (runner or None, what happened)."""
+         artefact_dirs: Sequence[Path], floor: float = MIN_AGREEMENT) -> tuple[Runner | None, dict]:
+    """Build one engine and check it on the probe against eager fp32's logits ``ref``: (runner or None,
+    what happened). ``floor``: the argmax agreement it needs (bf16 engines: see ``_floor``)."""
     why = ENGINES[name].missing()
     if why:
         return None, {"skipped": why}
@@ -319,24 +343,50 @@ def _try(name: str, network: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor
     info = {"build_s": round(time.perf_counter() - t, 2)}
     agree, diff = agreement(ref, out)
     info.update(agreement=round(agree, 6), max_abs_diff=diff)
-    if agree < MIN_AGREEMENT:
-        info["rejected"] = f"argmax agrees with eager on {agree:.3%} of probe voxels (< {MIN_AGREEMENT:.1%})"
+    if agree < floor:
+        info["rejected"] = f"argmax agrees with eager fp32 on {agree:.3%} of probe voxels (< {floor:.2%})"
         return None, info
     return runner, info
 
 
-def _measure(names: list[str], network: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor, digest: str,
-             artefact_dirs: Sequence[Path], auto: bool, repeats: int) -> tuple[str, Runner | None, dict]:
-    """Time eager and every candidate; the winner's name, its runner and the record to cache."""
+def eager_bf16(network: torch.nn.Module) -> Runner:
+    """What the predictor runs without an engine under CPU bf16 autocast: a copy with bf16 conv weights."""
+    from autoseg.inference.models import cast_conv_weights
+    import copy
+
+    net = copy.deepcopy(network)
+    cast_conv_weights(net, torch.bfloat16)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return net(x).float()
+    return run
+
+
+def _floor(name: str, bf16_agreement: float | None) -> float:
+    """The agreement with eager fp32 an engine needs: ``MIN_AGREEMENT``; a bf16 engine (offered only where
+    the run already computes in bf16) needs as much as eager bf16 itself reaches on the probe, if that is less."""
+    if ENGINES[name].bf16 and bf16_agreement is not None:
+        return min(MIN_AGREEMENT, bf16_agreement)
+    return MIN_AGREEMENT
+
+
+def _measure(names: list[str], baseline: Runner, network: torch.nn.Module, x: torch.Tensor, ref: torch.Tensor,
+             digest: str, artefact_dirs: Sequence[Path], auto: bool, repeats: int,
+             bf16_agreement: float | None) -> tuple[str, Runner | None, dict]:
+    """Time eager (``baseline``: fp32, or bf16 under autocast) and every candidate; the winner's name, its
+    runner and the record to cache."""
     with torch.inference_mode():
-        eager_s = median_time(network, x, repeats)
+        eager_s = median_time(baseline, x, repeats)
     record: dict = {"eager_s": round(eager_s, 4), "candidates": {}}
+    if bf16_agreement is not None:
+        record["eager_bf16_agreement"] = round(bf16_agreement, 6)
     if auto and eager_s < MIN_WINDOW_S:
         record["reason"] = f"one eager window takes {eager_s * 1e3:.0f} ms: too little for any engine to repay its build"
         return "eager", None, record
     best, runner = None, None
     for name in names:
-        r, info = _try(name, network, x, ref, digest, artefact_dirs)
+        r, info = _try(name, network, x, ref, digest, artefact_dirs, _floor(name, bf16_agreement))
         if r is not None:
             with torch.inference_mode():
                 info["seconds"] = round(median_time(r, x, repeats), 4)
@@ -364,11 +414,24 @@ def _read_record(path: Path) -> dict | None:
     return rec if isinstance(rec, dict) and isinstance(rec.get("engine"), str) else None
 
 
+def _candidates(names: list[str], choice: str, amp: bool) -> list[str]:
+    """bf16 engines only where the run computes in bf16 (asked for by name otherwise: an error)."""
+    if amp:
+        return names
+    named = [n for n in names if ENGINES[n].bf16]
+    if named and choice.strip() != "auto":
+        raise AutosegError(f"--engine {named[0]} computes in bf16: use it with --precision bf16 (or auto on a CPU "
+                           "with native bf16)")
+    return [n for n in names if not ENGINES[n].bf16]
+
+
 def choose_engine(network: torch.nn.Module, shape: Sequence[int], choice: str = "auto",
                   device: torch.device | str = "cpu", amp: bool = False, label: str = "network",
                   artefact_dirs: Sequence[Path] = (), repeats: int = 3) -> tuple[torch.nn.Module, dict]:
     """``(network to call, record)``: the network behind the engine ``choice`` picks for windows of
-    ``shape`` (batch, channels, *patch), or the eager network itself, with the reason in ``record``."""
+    ``shape`` (batch, channels, *patch), or the eager network itself, with the reason in ``record``.
+    ``amp``: the run computes in bf16 (CPU autocast); eager then means eager bf16, the fp32 engines
+    stay candidates and the bf16 ones join them. ``network`` must hold float32 weights."""
     names = parse_engine_choice(choice)
     device = torch.device(device)
     eager = lambda reason: (network, {"engine": "eager", "reason": reason})  # noqa: E731
@@ -376,32 +439,35 @@ def choose_engine(network: torch.nn.Module, shape: Sequence[int], choice: str = 
         return eager("--engine eager")
     if device.type != "cpu":
         return eager(f"{device.type}: compiled engines are for the CPU")
-    if amp:
-        return eager("bf16 autocast: the compiled engines run fp32 (--precision fp32 lets them)")
+    names = _candidates(names, choice, amp)
     shape = [int(s) for s in shape]
     digest = network_digest(network)
     auto = choice.strip() == "auto"
-    key_fields = {"network": digest, "shape": shape, "precision": "fp32", "threads": torch.get_num_threads(),
-                  "cpu": cpu_signature(), "versions": _versions(), "candidates": names, "auto": auto,
-                  "rules": [MIN_AGREEMENT, MIN_GAIN, MIN_WINDOW_S]}
+    key_fields = {"network": digest, "shape": shape, "precision": "bf16" if amp else "fp32",
+                  "threads": torch.get_num_threads(), "cpu": cpu_signature(), "versions": _versions(),
+                  "candidates": names, "auto": auto, "rules": [MIN_AGREEMENT, MIN_GAIN, MIN_WINDOW_S]}
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_dir() / f"decision-{key}.json"
     cached = _read_record(path)
     if cached is not None and cached["engine"] == "eager":
         return network, dict(cached, cached=True)
     x = probe_input(shape)
+    baseline: Runner = eager_bf16(network) if amp else network
     with torch.inference_mode():
         ref = network(x).float()
+        bf16_agreement = agreement(ref, baseline(x))[0] if amp else None
     if cached is not None and cached["engine"] in ENGINES:
-        runner, info = _try(cached["engine"], network, x, ref, digest, artefact_dirs)
+        runner, info = _try(cached["engine"], network, x, ref, digest, artefact_dirs,
+                            _floor(cached["engine"], bf16_agreement))
         if runner is not None:
             log.info("%s: engine %s (cached decision %s)", label, cached["engine"], path.name)
             return EngineNetwork(network, runner, shape, cached["engine"]), dict(cached, cached=True, check=info)
         log.warning("%s: cached engine %s no longer works (%s); measuring again", label, cached["engine"],
                     info.get("skipped") or info.get("failed") or info.get("rejected"))
-    log.info("%s: timing eager and %s on a %s window (once; the decision is cached)", label, ", ".join(names),
-             "x".join(map(str, shape)))
-    name, runner, record = _measure(names, network, x, ref, digest, artefact_dirs, auto, repeats)
+    log.info("%s: timing eager%s and %s on a %s window (once; the decision is cached)", label,
+             " bf16" if amp else "", ", ".join(names), "x".join(map(str, shape)))
+    name, runner, record = _measure(names, baseline, network, x, ref, digest, artefact_dirs, auto, repeats,
+                                    bf16_agreement)
     record = {"engine": name, **record, "key": key_fields}
     try:
         save_json(record, path)

@@ -13,19 +13,19 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-import cc3d
 import numpy as np
 import torch
 
 from autoseg import AutosegError
 from autoseg.devices import cpu_bf16_supported, resolve_device
-from autoseg.preprocessing.crop import BBox, bbox_of_mask, bbox_shape, bbox_with_margin
+from autoseg.preprocessing.crop import BBox, bbox_shape, bbox_with_margin, union_bbox
+from autoseg.inference.boxes import device_bbox, main_components_bbox
 from autoseg.preprocessing.normalize import normalize
 from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic, resample_image
 from autoseg.utils import clean_stale_temp_files, ensure_dir, save_npz
 from autoseg.inference.compiled import apply_engines
 from autoseg.inference.fused_resample import SlabArgmaxResampler
-from autoseg.inference.models import StageModel, find_stage_checkpoints, load_stage_model, resolve_dataset_dir
+from autoseg.inference.models import StageModel, cast_conv_weights, find_stage_checkpoints, load_stage_model, resolve_dataset_dir
 from autoseg.provenance import check_stage_origins
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler
@@ -79,18 +79,6 @@ def _fuse(region: torch.Tensor, labels: torch.Tensor, classes: Sequence[int], fr
     region[hit] = labels[hit]
 
 
-def device_bbox(mask: torch.Tensor) -> BBox | None:
-    """Tight bbox of a boolean (Z, Y, X) tensor on its device; None if empty."""
-    out = []
-    for axis in range(3):
-        proj = mask.any(dim=tuple(a for a in range(3) if a != axis))
-        idx = torch.nonzero(proj).flatten()
-        if idx.numel() == 0:
-            return None
-        out.append([int(idx[0]), int(idx[-1]) + 1])
-    return out
-
-
 class CascadePredictor:
     """Runs the stages it is given on arrays, files or folders, in the order of their plans' graph.
 
@@ -102,6 +90,11 @@ class CascadePredictor:
     """
 
     roi_min_component_fraction = 0.1  # roi components kept besides the largest (a separate kidney)
+    # A stage cropped from predicted labels (tumour, refinement) ignores islands of its host label below
+    # this fraction of the label's largest component: training crops come from the ground truth, and one
+    # stray false-positive voxel cluster stretched the refinement crop over the body (benchmarks/
+    # RESULTS_refinement.md); 0 keeps every voxel.
+    crop_min_component_fraction = 0.1
     roi_single_pass_factor = 2.0  # whole-volume roi pass if at most this many patches' voxels
     single_pass_factor = 0.0  # the same for the labelling stages (0: always windows of the patch size)
     budget_bytes = 96 << 20  # in-flight upsampled logits in the fused resampler
@@ -117,11 +110,14 @@ class CascadePredictor:
             torch.set_num_threads(int(num_threads))
         self.amp = _use_amp(self.device, precision)
         # Checkpoints we load get their conv weights stored in the autocast dtype (half the memory, same
-        # logits); ready StageModels are the caller's and are left as they are.
+        # logits); ready StageModels are the caller's and are left as they are. On the CPU that waits
+        # until the engines are chosen: they export the float32 weights.
         conv_dtype = autocast_dtype(self.device, self.amp)
         self.stages: dict[str, StageModel] = {
-            s: m if isinstance(m, StageModel) else load_stage_model(s, m, self.device, conv_dtype)
+            s: m if isinstance(m, StageModel) else
+            load_stage_model(s, m, self.device, conv_dtype if self.device.type == "cuda" else None)
             for s, m in models.items()}
+        loaded = [s for s, m in models.items() if not isinstance(m, StageModel)]
         self.order = self._stage_order()
         self.labellers = [s for s in self.order if not is_localiser(self.stages[s].plans, s)]
         if not self.labellers:
@@ -152,6 +148,9 @@ class CascadePredictor:
         self.windows_per_batch = windows_per_batch or 1
         # CPU: each stage's network behind the compiled engine measured fastest (inference/compiled.py)
         self.engines = apply_engines(self.stages, engine, self.device, self.amp, self.windows_per_batch)
+        for s in loaded:
+            if conv_dtype is not None and self.device.type == "cpu" and self.engines[s]["engine"] == "eager":
+                cast_conv_weights(self.stages[s].network, conv_dtype)
         self.lean = False  # switched on for good after a CUDA out-of-memory error
         self.scope = WindowScope()  # the current case's body mask and window counts
         self.profiles: dict[str, dict] = {}
@@ -389,12 +388,7 @@ class CascadePredictor:
             log.warning("%s model found no foreground; the stages cropped from it search the whole body crop",
                         sm.stage)
             return None
-        comp, n = cc3d.connected_components(fg, connectivity=26, return_N=True)
-        counts = np.bincount(comp.ravel(), minlength=n + 1)
-        counts[0] = 0
-        keep = counts >= self.roi_min_component_fraction * counts.max()
-        keep[0] = False
-        cbox = bbox_of_mask(keep[comp])
+        cbox = main_components_bbox(fg, self.roi_min_component_fraction)
         size = bbox_shape(body)
         return [[b[0] + int(np.floor(lo * s / c)), b[0] + int(np.ceil(hi * s / c))]
                 for (lo, hi), b, s, c in zip(cbox, body, size, coarse)]
@@ -448,10 +442,19 @@ class CascadePredictor:
         return out
 
     def _host_box(self, out: torch.Tensor, stage: str) -> BBox | None:
-        """Tight box, in ``out``'s frame (the working region), of the labels ``stage`` is cropped around
-        (the tumour stage: the predicted host organs), before its margin."""
+        """Box, in ``out``'s frame (the working region), of the labels ``stage`` is cropped around (the
+        tumour stage: the predicted host organs; a refinement: its organ), before its margin: per label,
+        its components of at least ``crop_min_component_fraction`` of that label's largest one."""
         values = crop_labels(self.stages[stage].plans, stage)
-        return device_bbox(torch.isin(out, torch.tensor(values, dtype=out.dtype, device=out.device)))
+        tight = device_bbox(torch.isin(out, torch.tensor(values, dtype=out.dtype, device=out.device)))
+        if tight is None or not self.crop_min_component_fraction:
+            return tight
+        sub = out[_slices(tight)].cpu().numpy()
+        boxes = [main_components_bbox(sub == v, self.crop_min_component_fraction) for v in values]
+        box = None
+        for b in boxes:
+            box = union_bbox(box, b)
+        return _shift(box, [lo for lo, _ in tight], 1)
 
     # ------------------------------------------------------------------ files and folders
     def predict_file(self, path: str | os.PathLike, output: str | os.PathLike,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from autoseg.evaluation.metrics import dice
-from autoseg.inference.predictor import CascadePredictor, device_bbox
+from autoseg.inference.boxes import device_bbox, main_components_bbox
+from autoseg.inference.predictor import CascadePredictor
 from autoseg.inference.random_models import tiny_plans, write_random_checkpoints
 
 SPACING = (2.0, 1.5, 1.5)
@@ -137,6 +138,22 @@ def test_device_bbox():
     assert device_bbox(m) is None
     m[1:3, 2, 4:7] = True
     assert device_bbox(m) == [[1, 3], [2, 3], [4, 7]]
+
+
+def test_a_stage_cropped_from_labels_ignores_stray_islands(predictor):
+    """The tumour stage's crop is its host organ's box; a false-positive island of that organ (below
+    crop_min_component_fraction of its largest component) must not stretch it; two large parts both count."""
+    out = torch.zeros(40, 40, 40, dtype=torch.uint8)
+    out[10:20, 10:20, 10:20] = 1  # the liver: 1000 voxels
+    out[38, 38, 38] = 1  # a 1-voxel false positive
+    out[5:8, 30:33, 2:5] = 2  # another organ: not the tumour's host
+    assert predictor._host_box(out, "tumour") == [[10, 20], [10, 20], [10, 20]]
+    out[30:36, 30:36, 30:36] = 1  # a second large part (216 voxels, > 10 %) is kept
+    assert predictor._host_box(out, "tumour") == [[10, 36], [10, 36], [10, 36]]
+    predictor.crop_min_component_fraction = 0.0
+    out[30:36, 30:36, 30:36] = 0
+    assert predictor._host_box(out, "tumour") == [[10, 39], [10, 39], [10, 39]]  # every voxel counts
+    assert main_components_bbox(np.zeros((3, 3, 3), bool), 0.1) is None
 
 
 def test_cuda_oom_falls_back_to_lean_path(predictor, monkeypatch, caplog):

@@ -109,13 +109,57 @@ def test_auto_keeps_eager_when_no_engine_is_faster_or_the_window_is_tiny(net, mo
     assert model is net and "too little" in rec["reason"] and rec["candidates"] == {}
 
 
-def test_eager_cuda_and_bf16_never_build(net, monkeypatch):
+def test_eager_and_cuda_never_build(net, monkeypatch):
     broken = Fake("broken", error=AssertionError("must not build"))
     monkeypatch.setattr(C, "ENGINES", {"broken": broken})
     assert C.choose_engine(net, SHAPE, "eager")[0] is net
     assert C.choose_engine(net, SHAPE, "auto", device="cuda")[1]["reason"].startswith("cuda")
-    assert "bf16" in C.choose_engine(net, SHAPE, "auto", amp=True)[1]["reason"]
     assert broken.builds == 0
+
+
+class FakeBf16(Fake):
+    bf16 = True
+
+
+def test_under_bf16_autocast_the_baseline_is_eager_bf16_and_bf16_engines_join(net, monkeypatch):
+    """On a CPU with native bf16, --precision auto computes in bf16: the engines race eager *bf16* (what
+    would run otherwise), fp32 engines stay candidates, and a bf16 engine needs the agreement with eager
+    fp32 that eager bf16 itself reaches on the probe. Without bf16 the bf16 engines are not candidates."""
+    rounded = lambda y: y.to(torch.bfloat16).float()  # noqa: E731
+    fp32, half = Fake("fp32eng", transform=lambda y: y.clone()), FakeBf16("bf16eng", transform=rounded)
+    monkeypatch.setattr(C, "ENGINES", {"fp32eng": fp32, "bf16eng": half})
+    timed = []
+
+    def fake_time(fn, x, repeats):
+        timed.append(fn)
+        return {0: 1.0, 1: 0.5}.get(len(timed) - 1, 0.25)  # eager bf16, fp32 engine, bf16 engine
+
+    monkeypatch.setattr(C, "median_time", fake_time)
+    model, rec = C.choose_engine(net, SHAPE, "auto", amp=True)
+    assert rec["key"]["precision"] == "bf16" and timed[0] is not net  # the baseline is the bf16 copy
+    assert rec["engine"] == "bf16eng" and set(rec["candidates"]) == {"fp32eng", "bf16eng"}
+    assert rec["candidates"]["bf16eng"]["speedup"] == 4.0 and 0 < rec["eager_bf16_agreement"] <= 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the predictor calls it under autocast: engine, fp32 in
+        out = model(torch.randn(SHAPE))
+    assert out.dtype == torch.float32 and half.builds == 1
+    timed.clear()
+    model, rec = C.choose_engine(net, SHAPE, "auto", amp=False)
+    assert rec["engine"] == "fp32eng" and set(rec["candidates"]) == {"fp32eng"} and timed[0] is net
+    with pytest.raises(AutosegError, match="--engine bf16eng computes in bf16"):
+        C.choose_engine(net, SHAPE, "bf16eng", amp=False)
+
+
+def test_openvino_bf16_where_the_cpu_has_bf16(net):
+    why = C.ENGINES["openvino_bf16"].missing()
+    if why:
+        pytest.skip(why)
+    ref = C.eager_bf16(net)
+    model, rec = C.choose_engine(net, SHAPE, "openvino_bf16", amp=True)
+    assert rec["engine"] == "openvino_bf16", rec
+    x = torch.randn(SHAPE)
+    with torch.inference_mode():
+        fp32, bf16, ov = net(x), ref(x), model(x)
+    assert float((ov - fp32).abs().max()) < 0.1 and float((bf16 - fp32).abs().max()) < 0.1
 
 
 def test_bad_engine_value_is_one_line(tmp_path, capsys):
@@ -144,6 +188,27 @@ def test_predictor_runs_stages_through_the_engine(tmp_path, monkeypatch):
     assert {s: r["engine"] for s, r in pred.engines.items()} == {"roi": "copy", "organ": "copy"}
     assert all(isinstance(sm.network, C.EngineNetwork) for sm in pred.stages.values())
     assert np.array_equal(pred.predict_array(img, [2.0, 1.5, 1.5]), ref)
+
+
+def test_bf16_predictor_keeps_float_weights_for_an_engine_and_casts_an_eager_stage(tmp_path, monkeypatch):
+    """Under CPU bf16 autocast the networks load in float32 (what an engine exports); a stage that stays
+    eager then gets its conv weights in bf16, as before engines existed; the masks are eager bf16's."""
+    from autoseg.inference.predictor import CascadePredictor
+    from autoseg.inference.random_models import tiny_plans, write_random_checkpoints
+
+    monkeypatch.setitem(C.ENGINES, "copy", Fake("copy", transform=lambda y: y.clone()))
+    monkeypatch.setattr(C, "median_time", lambda fn, x, repeats: 1.0)
+    ckpts = write_random_checkpoints(tiny_plans(stages=("roi", "organ")), tmp_path / "results")
+    img = np.full((20, 40, 40), -1000, np.int16)
+    img[2:-2, 5:-5, 5:-5] = np.random.default_rng(0).integers(-100, 250, (16, 30, 30))
+    eager = CascadePredictor(ckpts, device="cpu", precision="bf16", engine="eager")
+    conv = lambda m: next(p for n, p in m.named_parameters() if p.dim() == 5)  # noqa: E731
+    assert {conv(sm.network).dtype for sm in eager.stages.values()} == {torch.bfloat16}
+    pred = CascadePredictor(ckpts, device="cpu", precision="bf16", engine="copy")
+    assert {r["engine"] for r in pred.engines.values()} == {"copy"}
+    assert {conv(sm.network).dtype for sm in pred.stages.values()} == {torch.float32}
+    ref = eager.predict_array(img, [2.0, 1.5, 1.5])
+    assert ref.any() and np.mean(pred.predict_array(img, [2.0, 1.5, 1.5]) == ref) > 0.99
 
 
 def test_bundle_carries_the_onnx_export_and_the_predictor_loads_it(tmp_path):
