@@ -45,6 +45,10 @@ class RefineBenchPlanner(CPUPlanner):
 '''
 
 
+# arm -> (gt_saliency_until: None = the trainer's default schedule, iterations x --refine-epochs)
+ARMS = {"schedule": (None, 1), "gtonly": (1.0, 1), "schedule_x3": (None, 3)}
+
+
 def _pre(work: Path, seed: int | None = None) -> Path:
     """The shared cache, or one seed's copy (each seed caches its own organ model's predictions)."""
     return work / "preprocessed" / NAME if seed is None else work / f"seed{seed}" / "preprocessed"
@@ -123,8 +127,8 @@ def refine(work: Path, seed: int, epochs: int, iters: int, arms: list[str]) -> N
     for arm in arms:
         out = res / f"{REFINE}_{arm}"
         if not (out / "checkpoint_final.pt").is_file():
-            gt_until = {"schedule": None, "gtonly": 1.0}[arm]
-            print(arm, json.dumps(_train(_plans(work), REFINE, pre, out, seed, epochs, iters, gt_until)))
+            gt_until, times = ARMS[arm]
+            print(arm, json.dumps(_train(_plans(work), REFINE, pre, out, seed, epochs * times, iters, gt_until)))
 
 
 def evaluate(work: Path, seed: int, arms: list[str]) -> dict:
@@ -142,9 +146,13 @@ def evaluate(work: Path, seed: int, arms: list[str]) -> dict:
     setups = {"organ": {ORGAN: [res / ORGAN / "checkpoint_final.pt"]}}
     for arm in arms:
         setups[arm] = {**setups["organ"], REFINE: [res / f"{REFINE}_{arm}" / "checkpoint_final.pt"]}
+    for arm in arms:  # the same models stopped after one round: does iterating help?
+        setups[f"{arm}@1"] = setups[arm]
     out: dict = {}
     for name, models in setups.items():
         pred = CascadePredictor(models, device="cpu")
+        if name.endswith("@1"):
+            pred.stages[REFINE].config["refine"] = {**pred.stages[REFINE].config.get("refine", {}), "max_rounds": 1}
         pred.predict_array(*_load(cases[0], read_image))  # warm-up (first-call allocations)
         rows = []
         for path in cases:
@@ -199,6 +207,10 @@ def coarse_dsc(work: Path, seed: int) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+ARM_TITLES = {"schedule": "schedule: GT, then coarse", "gtonly": "GT saliency only",
+              "schedule_x3": "schedule, 3x the iterations"}
+
+
 def report(work: Path, out_path: Path, arms: list[str]) -> None:
     seeds = sorted(int(p.name[4:]) for p in work.glob("seed*") if (p / "evaluation.json").is_file())
     if not seeds:
@@ -224,14 +236,15 @@ def report(work: Path, out_path: Path, arms: list[str]) -> None:
              f"max_rounds {plans['stages'][REFINE]['refine']['max_rounds']}, stop_dsc "
              f"{plans['stages'][REFINE]['refine']['stop_dsc']})",
              f"- **budget**: TrainerFast, fold all, organ {organ_it['iterations']} iterations; refinement "
-             f"{ref_info[arms[0]][0]['iterations']} iterations per arm; seeds {seeds} (training seeds; same phantoms)",
+             + ", ".join(f"{a} {ref_info[a][0]['iterations']}" for a in arms)
+             + f" iterations; seeds {seeds} (training seeds; same phantoms)",
              "- **regenerate**: `bash benchmarks/bench_refinement.sh W` then "
              "`python -m benchmarks.bench_refinement report --work W`", "",
              "## Pancreas DSC on the test phantoms (mean over cases)", "",
-             "| seed | organ stage alone | + refinement (schedule: GT, then coarse) | + refinement (GT saliency only) "
-             "| coarse saliency DSC on training cases |", "|---|---|---|---|---|"]
+             "| seed | organ stage alone | " + " | ".join(f"+ refinement ({ARM_TITLES.get(a, a)})" for a in arms)
+             + " | coarse saliency DSC on training cases |", "|---|---|" + "---|" * len(arms) + "---|"]
     for s in seeds:
-        cells = [f"{mean_dsc(a, s):.4f}" if a in ev[s] else "–" for a in ("organ", "schedule", "gtonly")]
+        cells = [f"{mean_dsc(a, s):.4f}" if a in ev[s] else "–" for a in ("organ", *arms)]
         cd = coarse_dsc(work, s)
         lines.append(f"| {s} | " + " | ".join(cells) + (f" | {cd:.4f} |" if cd is not None else " | – |"))
     for a in ("organ", *arms):
@@ -240,6 +253,10 @@ def report(work: Path, out_path: Path, arms: list[str]) -> None:
             deltas = [mean_dsc(a, s) - mean_dsc("organ", s) for s in seeds if a in ev[s]]
             lines.append(f"\n- **{a}**: mean {np.mean(vals):.4f}; change vs organ alone "
                          f"{np.mean(deltas):+.4f} (per seed {', '.join(f'{d:+.4f}' for d in deltas)})")
+            one = [mean_dsc(f"{a}@1", s) - mean_dsc("organ", s) for s in seeds if f"{a}@1" in ev[s]]
+            if one:
+                lines.append(f"  - stopped after one round: change vs organ alone {np.mean(one):+.4f} "
+                             f"(per seed {', '.join(f'{d:+.4f}' for d in one)})")
     lines += ["", "## Rounds and cost (test phantoms, all seeds)", "",
               "| arm | rounds (median, max) | s per round (median) | refinement s / case (median) "
               "| organ stage s / case (median) | refinement / organ time | load avg during evaluation |",

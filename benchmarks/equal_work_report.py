@@ -96,6 +96,23 @@ def _cpu_name() -> str:
         return platform.processor()
 
 
+def _native_bf16() -> bool:
+    from autoseg.devices import cpu_bf16_supported
+
+    return cpu_bf16_supported()
+
+
+def _precision_note() -> str:
+    if _native_bf16():
+        return ("- **Precision**: fp32 rows and bf16 rows. This CPU computes bf16 natively (AVX512-BF16), so "
+                "nnU-Net runs bf16 through `benchmarks/peer/predict_bf16.py` (its own predictor under CPU bf16 "
+                "autocast) and autoseg with `--precision bf16`; autoseg's default precision here is bf16, and its "
+                "engine race is then against eager bf16 (`RESULTS_compiled.md`).")
+    return ("- **Precision**: fp32 in every row. This CPU has no native bf16 (no AVX512-BF16/AMX): bf16 is "
+            "emulated and far slower than fp32 (`RESULTS_compiled.md`), so the bf16 rows are not meaningful here; "
+            "autoseg's default precision here is fp32.")
+
+
 def report(w) -> None:
     state = w.state()
     lines = ["# Equal work: autoseg vs nnU-Net v2.8.1 on the same network, windows and precision (issue 18)", "",
@@ -105,29 +122,25 @@ def report(w) -> None:
              "`flock /tmp/autoseg-cpu.lock`, then report)", "",
              "## What is compared", "",
              "- **Cases**: `../shared/data/totalseg/example_ct` resampled to 0.8x0.8x2.5 mm (134x379x458 voxels, "
-             "z y x) in five variants (as is, mirrored, Gaussian noise, intensity-scaled, half-voxel shift). Each "
-             "tool predicts them at nnU-Net's planned spacing (2.5x0.8x0.8), i.e. no resampling of the volume "
-             "beyond the tools' own checks; the 512x512x200 variants written by `prepare` were not used in the "
-             "rows below (no time).",
+             "z y x) in five variants (as is, mirrored, Gaussian noise, intensity-scaled, half-voxel shift); each "
+             "table says how many of them its rows used. Each tool predicts them at nnU-Net's planned spacing "
+             "(2.5x0.8x0.8), i.e. no resampling of the volume beyond the tools' own checks.",
              "- **Network and windows**: nnU-Net's own plan for this dataset (PlainConvUNet, 6 stages, patch "
              "64x160x192, step 0.5: 64 windows per case), built with nnU-Net's code, random weights, imported "
              "with `autoseg import_nnunet`. The rows use the same network with every stage's features scaled "
              "by 0.25 (8..80, `nnUNetPlansScaled25`): the full-width 32..320 network costs several times more "
-             "per window and 5 cases x every row did not fit this session on 2 cores. Time per case is still "
+             "per window and every row did not fit a session on 2 cores. Time per case is still "
              "dominated by the 64 network windows in both tools.",
-             "- **Steady state per case** = (command on 5 cases - command on 1 case) / 4: start-up, model "
+             "- **Steady state per case** = (command on N cases - command on 1 case) / (N - 1): start-up, model "
              "loading and autoseg's one-off engine measurement cancel for both tools alike.",
-             "- **Precision**: fp32 in every row. This CPU has no native bf16 (no AVX512-BF16/AMX): a 2048x2048 "
-             "bf16 matmul runs at ~0.3 GFLOP/s against ~80 GFLOP/s fp32, and a bf16-autocast window is 16-32x "
-             "slower than fp32 (`RESULTS_compiled.md`), so the bf16-vs-bf16 rows were not run; the nnU-Net "
-             "bf16 shim (`benchmarks/peer/predict_bf16.py`) and autoseg's `--precision bf16` row are in the "
-             "script for a CPU that has bf16 units. autoseg's default precision here is fp32.",
-             "- **autoseg defaults** = `run_inference` with no options: engine `auto` (the compiled engine "
-             "`auto` measured fastest and agreeing with eager, see `RESULTS_compiled.md`), step and windows as "
-             "the imported plans say (0.5; nnU-Net models keep nnU-Net's own preprocessing, so no body-window "
-             "skipping). *Equal windows* rows force `--engine eager` (plain PyTorch).",
+             _precision_note(),
+             "- **autoseg defaults** = `run_inference` with no options: precision auto, engine `auto` (the "
+             "fastest engine that agrees with eager, measured once and cached, see `RESULTS_compiled.md`), step "
+             "and windows as the imported plans say (0.5; nnU-Net models keep nnU-Net's own preprocessing, so no "
+             "body-window skipping). *Equal windows* rows force `--engine eager` (plain PyTorch) and "
+             "`--skip-windows off`.",
              "- Labels: random weights make the labels noise-like, so the agreement rows test that both tools "
-             "compute the same function, not segmentation quality.", ""]
+             "compute the same function, not segmentation quality; bf16 flips many of these near-tied voxels.", ""]
     for key, rows in state.items():
         plans, n = key.split(":")
         lines += [f"## {plans}, {n} cases", "",
@@ -147,9 +160,14 @@ def report(w) -> None:
                           "steady state would read far faster than it is."]
         pred = w.work / "predictions" / plans
         pairs = [("autoseg fp32 vs nnU-Net fp32", "autoseg_fp32__equal_windows_all", "nnU_Net_fp32__defaults__all"),
+                 ("autoseg fp32 engine auto vs nnU-Net fp32", "autoseg_fp32__engine_auto_all",
+                  "nnU_Net_fp32__defaults__all"),
                  ("autoseg bf16 vs autoseg fp32", "autoseg_bf16__equal_windows_all", "autoseg_fp32__equal_windows_all"),
                  ("nnU-Net bf16 vs nnU-Net fp32", "nnU_Net_bf16_shim__npp_0__nps_0_all", "nnU_Net_fp32__defaults__all"),
-                 ("autoseg defaults vs nnU-Net fp32", "autoseg_defaults__engine_auto__all", "nnU_Net_fp32__defaults__all")]
+                 ("autoseg bf16 vs nnU-Net bf16", "autoseg_bf16__equal_windows_all", "nnU_Net_bf16_shim__npp_0__nps_0_all"),
+                 ("autoseg defaults vs nnU-Net fp32", "autoseg_defaults__engine_auto__all", "nnU_Net_fp32__defaults__all"),
+                 ("autoseg defaults vs autoseg bf16 eager", "autoseg_defaults__engine_auto__all",
+                  "autoseg_bf16__equal_windows_all")]
         lines += ["", "| labels compared | cases | voxels | agreement | mean DSC |", "|---|---|---|---|---|"]
         for tag, a, b in pairs:
             if (pred / a).is_dir() and (pred / b).is_dir():
@@ -162,11 +180,13 @@ def report(w) -> None:
         pk = r["peak_matmul_gflops"]
         lines += ["## Roofline: achieved GFLOP/s against the CPU's practical peak", "",
                   f"Practical peak = a 2048x2048 matmul on {r['threads']} threads (load {r['load']:.1f}): fp32 "
-                  f"{pk['fp32']:.0f} GFLOP/s, bf16 {pk['bf16']:.1f} GFLOP/s (no bf16 units: emulated). Achieved = "
+                  f"{pk['fp32']:.0f} GFLOP/s, bf16 {pk['bf16']:.1f} GFLOP/s. Achieved = "
                   "FLOPs of the case's windows (torch's FlopCounterMode on one window: convolutions, 2 FLOP per "
                   "multiply-add) / steady-state time per case. The time includes reading, preprocessing, "
                   "accumulation and export, so these are lower bounds on the network's own rate.", "",
-                  "| plans | row | GFLOP per window | windows per case | achieved GFLOP/s | % of fp32 peak |",
+                  "A row's percentage is of the peak at the precision it computes in (bf16 rows, and the defaults "
+                  "where they run bf16, against the bf16 peak).", "",
+                  "| plans | row | GFLOP per window | windows per case | achieved GFLOP/s | % of peak |",
                   "|---|---|---|---|---|---|"]
         for name, n in r["networks"].items():
             for key, rows in state.items():
@@ -174,8 +194,9 @@ def report(w) -> None:
                     continue
                 for row, t in rows.items():
                     g = n["gflop_per_window"] * n["windows_per_case"] / t["steady"]
+                    prec = "bf16" if ("bf16" in row or ("defaults" in row and _native_bf16())) else "fp32"
                     lines.append(f"| {name} | {row} | {n['gflop_per_window']:.1f} | {n['windows_per_case']} | "
-                                 f"{g:.1f} | {100 * g / pk['fp32']:.0f} % |")
+                                 f"{g:.1f} | {100 * g / pk[prec]:.0f} % of {prec} |")
         lines.append("")
     OUTPUT.write_text("\n".join(lines) + "\n")
     print(OUTPUT.read_text())

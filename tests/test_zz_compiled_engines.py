@@ -147,6 +147,9 @@ def test_under_bf16_autocast_the_baseline_is_eager_bf16_and_bf16_engines_join(ne
     assert rec["engine"] == "fp32eng" and set(rec["candidates"]) == {"fp32eng"} and timed[0] is net
     with pytest.raises(AutosegError, match="--engine bf16eng computes in bf16"):
         C.choose_engine(net, SHAPE, "bf16eng", amp=False)
+    # the floor: eager bf16's own flips, with slack; an fp32 engine always needs MIN_AGREEMENT
+    assert C._floor("bf16eng", 0.98) == pytest.approx(1 - C.BF16_FLIP_SLACK * 0.02)
+    assert C._floor("bf16eng", 0.9999) == C.MIN_AGREEMENT and C._floor("fp32eng", 0.98) == C.MIN_AGREEMENT
 
 
 def test_openvino_bf16_where_the_cpu_has_bf16(net):
