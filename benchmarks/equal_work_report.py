@@ -194,7 +194,7 @@ def report(w) -> None:
                     continue
                 for row, t in rows.items():
                     g = n["gflop_per_window"] * n["windows_per_case"] / t["steady"]
-                    prec = "bf16" if ("bf16" in row or ("defaults" in row and _native_bf16())) else "fp32"
+                    prec = "bf16" if ("bf16" in row or ("autoseg defaults" in row and _native_bf16())) else "fp32"
                     lines.append(f"| {name} | {row} | {n['gflop_per_window']:.1f} | {n['windows_per_case']} | "
                                  f"{g:.1f} | {100 * g / pk[prec]:.0f} % of {prec} |")
         lines.append("")
