@@ -269,9 +269,8 @@ class Bench:
             f"validation iteration, no final validation; the first {self.s.warmup_iters} interval(s) are warm-up; "
             f"iteration time = start of one train_step to the start of the next (includes waiting for data), "
             f"median over the {self.s.measured_iters} timed intervals. Trainers: `benchmarks/ours/"
-            f"{harness.OUR_TRAINER}.py`, `benchmarks/peer/trainers/{harness.THEIR_TRAINER}.py`. Each tool's "
-            f"default data-loading workers and precision (autoseg: {amp}; nnU-Net: fp32 on CPU, fp16 autocast on "
-            f"CUDA). Parameters with deep-supervision heads: autoseg {ours_p}, nnU-Net {theirs_p}")
+            f"{harness.OUR_TRAINER}.py`, `benchmarks/peer/trainers/{harness.THEIR_TRAINER}.py`. "
+            + _precision_text(amp) + f" Parameters with deep-supervision heads: autoseg {ours_p}, nnU-Net {theirs_p}")
 
     def parameter_counts(self) -> tuple[str, str]:
         plans = getattr(self, "shared_plans", None)
@@ -361,3 +360,14 @@ class Bench:
             f"inference: {self.inference_models_text()}; autoseg `--profile` on, nnU-Net with its default "
             "worker counts; per-case time = whole command wall time / cases, so it includes start-up and model "
             "loading; DSC by `autoseg evaluate` (one metric implementation for both)")
+
+
+def _precision_text(our_default: str) -> str:
+    """What the training rows compare: each tool's default precision, or both at AUTOSEG_BENCH_PRECISION."""
+    wanted = os.environ.get("AUTOSEG_BENCH_PRECISION", "")
+    if wanted in ("fp32", "bf16"):
+        how = "float32" if wanted == "fp32" else "CPU bf16 autocast (nnU-Net's unchanged step under torch.autocast)"
+        return (f"Each tool's default data-loading workers; **both tools train in {how}** "
+                f"(AUTOSEG_BENCH_PRECISION={wanted}).")
+    return (f"Each tool's default data-loading workers and precision (autoseg: {our_default}; nnU-Net: fp32 on "
+            f"CPU, fp16 autocast on CUDA).")

@@ -41,6 +41,16 @@ class AutosegBenchTrainer(Trainer):
     def final_validation(self) -> None:
         self.write_log("autoseg bench: final validation skipped (timing run)")
 
+    def choose_amp_dtype(self, amp: bool | None) -> torch.dtype | None:
+        """``AUTOSEG_BENCH_PRECISION`` = fp32 | bf16 sets both tools' training precision alike (equal-precision
+        rows; the nnU-Net twin reads the same variable); unset: each tool's default."""
+        wanted = os.environ.get("AUTOSEG_BENCH_PRECISION", "")
+        if wanted == "fp32":
+            return None
+        if wanted == "bf16" and self.device.type == "cpu":
+            return torch.bfloat16
+        return super().choose_amp_dtype(amp)
+
 
 class AutosegBenchFastTrainer(AutosegBenchTrainer, TrainerFast):
     """``--quality``'s model: TrainerFast's recipe (AdamW, more foreground patches), which learns every

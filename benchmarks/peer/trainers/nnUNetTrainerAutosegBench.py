@@ -10,6 +10,9 @@ Each training iteration's wall time is printed as ``AUTOSEG_BENCH iteration_s=<s
 from the start of one ``train_step`` to the start of the next in the same epoch, so it includes
 waiting for the next batch from the augmentation workers (an epoch of N iterations prints N-1
 intervals). autoseg's bench trainer prints the same marker, measured the same way.
+
+``AUTOSEG_BENCH_PRECISION=bf16`` runs nnU-Net's unchanged training step under CPU bf16 autocast (nnU-Net
+autocasts on CUDA only), for rows at equal precision with autoseg's bench trainer, which reads it too.
 """
 import os
 import time
@@ -36,6 +39,11 @@ class nnUNetTrainerAutosegBench(nnUNetTrainer):
         if self._bench_last_start is not None:
             print(f"AUTOSEG_BENCH iteration_s={now - self._bench_last_start:.6f}", flush=True)
         self._bench_last_start = now
+        if os.environ.get("AUTOSEG_BENCH_PRECISION") == "bf16" and self.device.type == "cpu":
+            # nnU-Net autocasts on CUDA only; the equal-precision rows run its unchanged step under CPU bf16
+            # autocast (autoseg's twin trainer reads the same variable)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return super().train_step(batch)
         return super().train_step(batch)
 
     def on_train_epoch_end(self, train_outputs):
