@@ -114,6 +114,15 @@ def compare(ours: Path, theirs: Path, gt_dir: Path) -> dict:
     return rows
 
 
+def _schedule(folder: Path) -> str:
+    """'E epochs x I iterations' of an nnU-Net training, from the debug.json it writes."""
+    try:
+        d = json.loads((folder / "fold_all" / "debug.json").read_text())
+        return f"{d['num_epochs']} epochs x {d['num_iterations_per_epoch']} iterations"
+    except (OSError, ValueError, KeyError):
+        return "schedule unknown (no debug.json)"
+
+
 class Bench:
     def __init__(self, work: Path, venv: Path, log: Path, cases: int, timing_models: list[str]):
         self.work, self.venv, self.log, self.timing_models = work, venv, log, timing_models
@@ -153,11 +162,13 @@ class Bench:
                         self.env_ours, self.log)
         pred = self.work / "predictions" / label
         res: dict = {"model_folder": str(folder.relative_to(self.work)), "import_s": t_import, "times": {},
-                     "trained": not folder.name.startswith(UNTRAINED + "__")}
+                     "trained": not folder.name.startswith(UNTRAINED + "__"), "schedule": _schedule(folder)}
         runs = [("nnU-Net fp32", lambda i, o: self.theirs(folder, i, o)),
                 ("autoseg fp32", lambda i, o: self.ours(name, i, o, "fp32")),
                 ("autoseg default (bf16)", lambda i, o: self.ours(name, i, o, "auto"))]
         timed = label in self.timing_models
+        for tag, fn in runs[1:] if timed else []:  # untimed: engine auto's one-off measurement is cached here
+            fn(self.one, pred / "warmup")
         for tag, fn in runs if timed else []:  # alternate the tools: one-case runs first, then all cases
             key = tag.split()[0].lower() + ("_fp32" if "fp32" in tag else "_default")
             res["times"][tag] = {"one": fn(self.one, pred / f"{key}_one")}
@@ -203,12 +214,15 @@ def render(results: dict, meta: dict) -> str:
             "cancel, for both tools alike.",
             "- Agreement: fraction of voxels with the same label as nnU-Net's fp32 prediction, per case and over "
             "all voxels. DSC: mean over the labels present in the phantom's ground truth.",
-            "- The models: `benchmarks/nnunet_import_train.sh` with its defaults, i.e. nnU-Net's own training "
+            "- The models: `benchmarks/nnunet_import_train.sh`, i.e. nnU-Net's own training "
             "(`nnUNetTrainerAutosegBenchStock`: AdamW 3e-3, every bias trained) on 12 phantoms, the `--quality` "
-            "bench plans (patch 32x64x64, features x0.5, spacing 4x2x2 mm): PlainConvUNet 2 epochs x 30 "
-            "iterations, ResEnc (ResEnc-M blocks 1-3-4-6-6-6, one decoder conv per level) 1 x 20. Short, because "
-            "the shared machine gave the niced training ~10-50 s per iteration: the models find the liver "
-            "(DSC 0.4-0.7) and little else, which is enough to compare predictors, not to judge nnU-Net.",
+            "bench plans (patch 32x64x64, features x0.5, spacing 4x2x2 mm): PlainConvUNet and ResEnc (ResEnc-M "
+            "blocks 1-3-4-6-6-6, one decoder conv per level), epochs x iterations as each model's section says "
+            "(read from its `debug.json`). Short schedules: the models find the liver and little else, which is "
+            "enough to compare predictors, not to judge nnU-Net.",
+            "- autoseg's commands are each run once untimed on the one-case folder first: `--engine auto` "
+            "measures and caches its engine choice on a model's first run, and that one-off cost must not land "
+            "in the one-case command only (it would make the steady state look faster than it is).",
             "- Timings ran under `flock /tmp/autoseg-cpu.lock`; the machine is shared (2 cores) and other "
             "work outside the lock may have run (load averages are given): compare only the ratios, which "
             "were measured side by side.",
@@ -216,7 +230,7 @@ def render(results: dict, meta: dict) -> str:
     for label, r in results.items():
         kind = "trained by nnU-Net" if r["trained"] else "untrained: nnU-Net's network with random weights and biases"
         out += [f"### {label} (`{r['model_folder']}`, {kind})", "",
-                f"measured {r['measured']}; import: {r['import_s']:.1f} s (command, start-up included)", "",
+                f"trained by nnU-Net for {r.get('schedule', 'an unrecorded schedule')}; measured {r['measured']}; import: {r['import_s']:.1f} s (command, start-up included)", "",
                 "| predictor | command, 1 case (s) | command, all cases (s) | per case incl. start-up (s) "
                 "| steady state per case (s) | nnU-Net / this, steady state |", "|---|---|---|---|---|---|"]
         ref = r["times"]["nnU-Net fp32"].get("steady_per_case")

@@ -93,6 +93,27 @@ def test_context_block_is_residual_and_global():
     assert ctx.train()(torch.randn(1, 16, 1, 2, 3)).shape == (1, 16, 1, 2, 3)  # tiny bottlenecks work
 
 
+def test_context_convs_on_pooled_maps_run_float32():
+    """The pooled-map convolutions run outside bf16 autocast (a oneDNN bf16 backward gave NaN weight grads
+    on 2x2x2 maps), also when inference stored the conv weights in bf16."""
+    from autoseg.inference.models import cast_conv_weights
+
+    from autoseg.networks.efficientseg_published import _fp32
+
+    ctx = PyramidStripContext(16)
+    x = torch.randn(2, 16, 4, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _fp32(ctx.pyramid[0], x[:, :8, :2, :2, :2]).dtype == torch.float32
+        y = ctx(x)
+    y.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in ctx.parameters() if p.grad is not None)
+    assert ctx.pyramid[0].weight.grad.dtype == torch.float32
+    ctx.eval()
+    cast_conv_weights(ctx, torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(ctx(x)).all()
+
+
 def test_scn_is_appearance_times_spatial_prior():
     torch.manual_seed(0)
     net = build_network(cfg("SpatialConfigurationNet"), 1, 3).eval()

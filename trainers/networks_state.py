@@ -11,6 +11,7 @@ treat "all the networks" alike lives here, so the trainer's checkpoint, ``--cont
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from autoseg import AutosegError
 from autoseg.checkpoints import inference_weights  # noqa: F401  (re-exported: the trainer side's name for it)
 
 MAIN = "main"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +37,12 @@ class NetworkSlot:
     model: nn.Module | None = None  # what forward passes call: the network, or its DDP/compiled wrapper
     ema: nn.Module | None = None  # an averaged copy, for trainers that keep one
     extra: dict[str, Any] = field(default_factory=dict)
+    nonfinite_streak: int = 0  # consecutive steps skipped for a non-finite gradient norm
+
+    # A NaN/inf gradient would make every weight NaN for good and the run would go on writing NaN
+    # checkpoints (seen: a oneDNN bf16 conv backward on a 2x2x2 map, RESULTS_networks.md). Such a step is
+    # skipped; this many in a row stop training with one line.
+    max_nonfinite_steps = 20
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -51,8 +59,23 @@ class NetworkSlot:
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), grad_clip)
+            total = torch.nn.utils.clip_grad_norm_(self.network.parameters(), grad_clip)
+            if not torch.isfinite(total):
+                self._skip_nonfinite(loss)
+                return
             self.optimizer.step()
+        self.nonfinite_streak = 0
+
+    def _skip_nonfinite(self, loss: torch.Tensor) -> None:
+        """Drop this step's gradients (the weights keep their last finite values); stop after too many."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_streak += 1
+        if self.nonfinite_streak == 1:
+            log.warning("network '%s': non-finite gradients (loss %s); step skipped", self.name, float(loss.detach()))
+        if self.nonfinite_streak >= self.max_nonfinite_steps:
+            raise AutosegError(f"network '{self.name}': {self.nonfinite_streak} training steps in a row had non-finite "
+                               "gradients (loss or a layer overflowed); training stopped with the weights of the last "
+                               "finite step. Try --no-amp or a lower learning rate")
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.contiguous() for k, v in self.network.state_dict().items()}

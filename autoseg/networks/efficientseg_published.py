@@ -42,6 +42,15 @@ class TrilinearUpsample(nn.Module):
         return f"scale={self.scale}"
 
 
+def _fp32(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A convolution on a pooled map, outside autocast: oneDNN's bf16 conv3d backward returned a NaN weight
+    gradient on 2x2x2 maps (2 runs in 3 on an AVX512-BF16 EPYC, torch 2.13), which made the whole network
+    NaN within 20 steps; these maps are a few voxels, so float32 costs nothing."""
+    bias = conv.bias.float() if conv.bias is not None else None
+    with torch.autocast(x.device.type, enabled=False):  # weights may be stored bf16 for inference: cast back
+        return conv._conv_forward(x.float(), conv.weight.float(), bias)
+
+
 class PyramidStripContext(nn.Module):
     """Bottleneck context: pyramid pooling + strip pooling on reduced channels, added back residually.
 
@@ -70,13 +79,13 @@ class PyramidStripContext(nn.Module):
         for f, conv in zip(self.pyramid_factors, self.pyramid):
             k = [min(f, s) for s in size]
             pooled = F.avg_pool3d(r.float(), kernel_size=k, stride=k, ceil_mode=True)  # no bf16 CPU kernel
-            y = y + F.interpolate(conv(pooled), size=size, mode="trilinear", align_corners=False)
+            y = y + F.interpolate(_fp32(conv, pooled), size=size, mode="trilinear", align_corners=False)
         return self.fuse_pyramid(y)
 
     def _strips(self, r: torch.Tensor) -> torch.Tensor:
-        z = self.strips[0](r.mean(dim=(3, 4), keepdim=True))  # (N, C, Z, 1, 1)
-        y = self.strips[1](r.mean(dim=(2, 4), keepdim=True))  # (N, C, 1, Y, 1)
-        x = self.strips[2](r.mean(dim=(2, 3), keepdim=True))  # (N, C, 1, 1, X)
+        z = _fp32(self.strips[0], r.mean(dim=(3, 4), keepdim=True))  # (N, C, Z, 1, 1)
+        y = _fp32(self.strips[1], r.mean(dim=(2, 4), keepdim=True))  # (N, C, 1, Y, 1)
+        x = _fp32(self.strips[2], r.mean(dim=(2, 3), keepdim=True))  # (N, C, 1, 1, X)
         return self.fuse_strips(z + y + x)  # broadcasting = upsampling a one-wide axis
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
