@@ -13,6 +13,7 @@ Other input shapes (a whole-volume roi pass, a short last batch) run eager.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ ONNX_OPSET = 17
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
 
-class Engine:
+class Engine(ABC):
     """One way to run a network on the CPU; subclasses say if they are installed and how they build."""
 
     name = ""
@@ -53,9 +54,9 @@ class Engine:
         """Why this engine cannot run here (a package not installed), or None."""
         return None
 
+    @abstractmethod
     def build(self, network: torch.nn.Module, example: torch.Tensor, onnx_path: Path | None) -> Runner:
-        """Abstract hook: every registered engine subclass returns its runner for ``example``'s shape."""
-        raise NotImplementedError(f"engine {self.name!r} does not implement build()")
+        """The runner for windows of ``example``'s shape (``onnx_path``: the export, for persistent engines)."""
 
 
 def export_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:

@@ -25,7 +25,8 @@ from autoseg.preprocessing.resample import compute_new_shape, needs_anisotropic,
 from autoseg.utils import clean_stale_temp_files, ensure_dir, save_npz
 from autoseg.inference.compiled import apply_engines
 from autoseg.inference.fused_resample import SlabArgmaxResampler
-from autoseg.inference.models import StageModel, cast_conv_weights, find_stage_checkpoints, load_stage_model, resolve_dataset_dir
+from autoseg.inference.models import (StageModel, cast_conv_weights, find_stage_checkpoints, load_stage_model,
+                                      resolve_dataset_dir)
 from autoseg.provenance import check_stage_origins
 from autoseg.inference.postprocessing import apply_postprocessing
 from autoseg.inference.profiling import CaseProfile, MemorySampler

@@ -373,8 +373,9 @@ def test_sigkill_with_loader_workers_resumes_exactly(cache, tmp_path):
     for results, resume in ((tmp_path / "run", True), (tmp_path / "ref", False)):
         proc = _train_in_subprocess(tmp_path, cache, results, resume=resume)
         assert proc.returncode == 0, proc.stderr[-2000:]
-    resumed, ref = (torch.load(r / NAME / "organ" / "TrainerKilled" / "fold_0" / "checkpoint_final.pt",
-                               weights_only=True) for r in (tmp_path / "run", tmp_path / "ref"))
+    final = [r / NAME / "organ" / "TrainerKilled" / "fold_0" / "checkpoint_final.pt"
+             for r in (tmp_path / "run", tmp_path / "ref")]
+    resumed, ref = (torch.load(f, weights_only=True) for f in final)
     assert "resumed from" in (folder / "training_log.txt").read_text()
     for key in ("train_loss", "val_loss", "lr"):
         assert resumed["logs"][key] == ref["logs"][key], key

@@ -44,7 +44,7 @@ class TrilinearUpsample(nn.Module):
 
 def _fp32(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A convolution on a pooled map, outside autocast: oneDNN's bf16 conv3d backward returned a NaN weight
-    gradient on 2x2x2 maps (2 runs in 3 on an AVX512-BF16 EPYC, torch 2.13), which made the whole network
+    gradient on 2x2x2 maps (4 runs in 6 on an AVX512-BF16 EPYC, torch 2.13), which made the whole network
     NaN within 20 steps; these maps are a few voxels, so float32 costs nothing."""
     bias = conv.bias.float() if conv.bias is not None else None
     with torch.autocast(x.device.type, enabled=False):  # weights may be stored bf16 for inference: cast back
