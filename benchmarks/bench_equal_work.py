@@ -48,8 +48,9 @@ def _resample(img, spacing, size, interp, shift=0.0):
                          interp != sitk.sitkNearestNeighbor else 0, img.GetPixelID())
 
 
-def make_cases(raw: Path, n_large: int) -> list[str]:
-    """The real-sized variants of the example CT (images and organ labels) in nnU-Net raw format."""
+def make_cases(raw: Path, n_large: int, large_only: bool = False) -> list[str]:
+    """The real-sized variants of the example CT (images and organ labels) in nnU-Net raw format;
+    ``large_only``: just the 512x512x200 ones (named ``RealCTLarge_NNN``, kept out of the planned dataset)."""
     import SimpleITK as sitk
 
     ct, seg = sitk.ReadImage(str(CT)), sitk.ReadImage(str(SEG))
@@ -57,6 +58,7 @@ def make_cases(raw: Path, n_large: int) -> list[str]:
     (raw / "labelsTr").mkdir(parents=True, exist_ok=True)
     extent = [n * s for n, s in zip(ct.GetSize(), ct.GetSpacing())]
     specs = [(v, (0.8, 0.8, 2.5)) for v in VARIANTS]
+    specs = [] if large_only else specs
     specs += [(f"large{i}", tuple(e / n for e, n in zip(extent, (512, 512, 200)))) for i in range(n_large)]
     rng = np.random.default_rng(0)
     names = []
@@ -73,12 +75,14 @@ def make_cases(raw: Path, n_large: int) -> list[str]:
             a = np.clip(a + rng.normal(0, 15, a.shape), -1024, 3071).astype(np.int16)
         elif variant == "scaled":
             a = np.clip(a * 0.95 + 12, -1024, 3071).astype(np.int16)
-        name = f"RealCT_{i:03d}"
+        name = f"RealCTLarge_{i:03d}" if large_only else f"RealCT_{i:03d}"
         for arr, dest in ((a, raw / "imagesTr" / f"{name}_0000.nii.gz"), (m, raw / "labelsTr" / f"{name}.nii.gz")):
             out = sitk.GetImageFromArray(arr)
             out.CopyInformation(im)
             sitk.WriteImage(out, str(dest))
         names.append(name)
+    if large_only:
+        return names
     (raw / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": len(names), "file_ending": ".nii.gz",
         "name": "RealCT", "description": "example_ct (TotalSegmentator test file) resampled; labels are model output"},
@@ -94,6 +98,7 @@ class Work:
         self.raw = self.work / "raw" / DATASET
         self.pre = self.work / "preprocessed" / DATASET
         self.results = self.work / "results" / DATASET
+        self.large = self.work / "large"  # 512x512x200 cases added after planning (prepare --large N)
         self.log = self.work / "bench.log"
         base = dict(os.environ, PYTHONUNBUFFERED="1")
         self.env_theirs = dict(base, nnUNet_raw=str(self.work / "raw"), nnUNet_preprocessed=str(self.work / "preprocessed"),
@@ -135,6 +140,8 @@ def scaled_plans(plans: dict, scale: float) -> dict:
 def prepare(w: Work, n_large: int, scales: list[float]) -> None:
     if not (w.raw / "dataset.json").is_file():
         make_cases(w.raw, n_large)
+    elif n_large and not any(w.large.glob("imagesTr/*_0000.nii.gz")):  # added to a folder planned without them
+        make_cases(w.large, n_large, large_only=True)
     if not (w.pre / "nnUNetPlans.json").is_file():
         w.run([w.peer("nnUNetv2_extract_fingerprint"), "-d", "502", "-np", "2"], w.env_theirs)
         w.run([w.peer("nnUNetv2_plan_experiment"), "-d", "502"], w.env_theirs)
@@ -158,7 +165,8 @@ def case_folder(w: Work, tag: str, names: list[str]) -> Path:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     for n in names:
-        (dest / f"{n}_0000.nii.gz").symlink_to(w.raw / "imagesTr" / f"{n}_0000.nii.gz")
+        src = w.raw / "imagesTr" / f"{n}_0000.nii.gz"
+        (dest / f"{n}_0000.nii.gz").symlink_to(src if src.is_file() else w.large / "imagesTr" / src.name)
     return dest
 
 
@@ -189,7 +197,7 @@ def _supports(flag: str) -> bool:
 
 def run(w: Work, plans: str, cases: list[str], only: list[str] | None) -> None:
     state = w.state()
-    key = f"{plans}:{len(cases)}"
+    key = f"{plans}:{len(cases)}" + (" large" if cases[0].startswith("RealCTLarge") else "")
     done = state.setdefault(key, {})
     one, all_ = case_folder(w, "one", cases[:1]), case_folder(w, f"all{len(cases)}", cases)
     for row, cmd in rows(w, plans).items():
@@ -201,7 +209,7 @@ def run(w: Work, plans: str, cases: list[str], only: list[str] | None) -> None:
             w.run(cmd + ["-i", str(one), "-o", str(w.work / "predictions" / "warmup")], env)
         r = {"load_before": os.getloadavg()[0]}
         for tag, inp in (("one", one), ("all", all_)):
-            out = w.work / "predictions" / plans / f"{slug}_{tag}"
+            out = w.work / "predictions" / (plans + ("_large" if key.endswith("large") else "")) / f"{slug}_{tag}"
             shutil.rmtree(out, ignore_errors=True)
             r[tag] = w.run(cmd + ["-i", str(inp), "-o", str(out)], env)
         r["load_after"] = os.getloadavg()[0]
@@ -214,7 +222,7 @@ def retime_one(w: Work, plans: str, cases: list[str], only: list[str]) -> None:
     """Repeat a row's one-case command after its all-cases run left the caches warm (a row measured
     before the warm-up above existed paid engine auto's one-off measurement in its one-case run only)."""
     state = w.state()
-    done = state[f"{plans}:{len(cases)}"]
+    done = state[f"{plans}:{len(cases)}" + (" large" if cases[0].startswith("RealCTLarge") else "")]
     one = case_folder(w, "one", cases[:1])
     for row, cmd in rows(w, plans).items():
         if row in (only or []) and row in done:
@@ -239,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plans", default="nnUNetPlans")
     ap.add_argument("--cases", type=int, default=5, help="real-sized cases per row (the first N)")
     ap.add_argument("--rows", nargs="*", default=None, help="only these rows")
+    ap.add_argument("--large-cases", action="store_true", help="run the 512x512x200 cases (prepare --large N)")
     ap.add_argument("--retime-one", action="store_true",
                     help="time the one-case command of --rows again (warm caches) and recompute their steady state")
     args = ap.parse_args(argv)
@@ -247,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "prepare":
         prepare(w, args.large, args.network_scale)
     elif args.what == "run":
-        names = sorted(p.name[:-12] for p in (w.raw / "imagesTr").glob("*_0000.nii.gz"))
+        names = sorted(p.name[:-12] for p in ((w.large if args.large_cases else w.raw) / "imagesTr").glob("*_0000.nii.gz"))
         if args.retime_one:
             retime_one(w, args.plans, names[:args.cases], args.rows)
         else:

@@ -158,7 +158,7 @@ def report(w) -> None:
                           "read from the cache; the one-case command was timed again with the cache warm "
                           f"({r['one']:.1f} s), so both commands pay the same start-up. With the cold figure the "
                           "steady state would read far faster than it is."]
-        pred = w.work / "predictions" / plans
+        pred = w.work / "predictions" / (plans + ("_large" if n.endswith("large") else ""))
         pairs = [("autoseg fp32 vs nnU-Net fp32", "autoseg_fp32__equal_windows_all", "nnU_Net_fp32__defaults__all"),
                  ("autoseg fp32 engine auto vs nnU-Net fp32", "autoseg_fp32__engine_auto_all",
                   "nnU_Net_fp32__defaults__all"),
