@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run_inference": ("autoseg.inference.cli", "segment CT images with the fused ROI -> organ -> tumour cascade"),
     "export": ("autoseg.inference.export_cli", "write a trained model (weights, plans, rules) as one checked zip"),
     "install": ("autoseg.inference.install_cli", "install a model zip from 'autoseg export' under AUTOSEG_RESULTS"),
+    "quantize": ("autoseg.inference.quantize_cli", "int8 networks for the CPU (--engine openvino_int8), kept only if held-out DSC holds"),
     "import_nnunet": ("autoseg.nnunet.importer", "convert a trained nnU-Net v2 model folder into an autoseg model"),
     "select_unlabelled": ("autoseg.trainers.select", "score unlabelled images by model uncertainty, keep the most certain"),
     "evaluate": ("autoseg.evaluation.cli", "DSC / NSD / HD95 of a prediction folder against ground truth"),

@@ -185,7 +185,9 @@ def rows(w: Work, plans: str) -> dict[str, list[str]]:
             "autoseg fp32, equal windows": ours + ["--precision", "fp32"] + equal,
             "autoseg bf16, equal windows": ours + ["--precision", "bf16"] + equal,
             "autoseg fp32, engine auto": ours + ["--precision", "fp32"],
-            "autoseg defaults (engine auto)": ours}
+            "autoseg defaults (engine auto)": ours,
+            # after `autoseg quantize` (random weights: a speed row; its DSC gate is meaningless here)
+            "autoseg int8 (--engine openvino_int8)": ours + ["--engine", "openvino_int8"]}
 
 
 def _supports(flag: str) -> bool:

@@ -167,7 +167,9 @@ def report(w) -> None:
                  ("autoseg bf16 vs nnU-Net bf16", "autoseg_bf16__equal_windows_all", "nnU_Net_bf16_shim__npp_0__nps_0_all"),
                  ("autoseg defaults vs nnU-Net fp32", "autoseg_defaults__engine_auto__all", "nnU_Net_fp32__defaults__all"),
                  ("autoseg defaults vs autoseg bf16 eager", "autoseg_defaults__engine_auto__all",
-                  "autoseg_bf16__equal_windows_all")]
+                  "autoseg_bf16__equal_windows_all"),
+                 ("autoseg int8 vs autoseg fp32", "autoseg_int8____engine_openvino_int8__all",
+                  "autoseg_fp32__equal_windows_all")]
         lines += ["", "| labels compared | cases | voxels | agreement | mean DSC |", "|---|---|---|---|---|"]
         for tag, a, b in pairs:
             if (pred / a).is_dir() and (pred / b).is_dir():
@@ -195,8 +197,9 @@ def report(w) -> None:
                 for row, t in rows.items():
                     g = n["gflop_per_window"] * n["windows_per_case"] / t["steady"]
                     prec = "bf16" if ("bf16" in row or ("autoseg defaults" in row and _native_bf16())) else "fp32"
+                    share = ("int8 peak not measured" if "int8" in row else f"{100 * g / pk[prec]:.0f} % of {prec}")
                     lines.append(f"| {name} | {row} | {n['gflop_per_window']:.1f} | {n['windows_per_case']} | "
-                                 f"{g:.1f} | {100 * g / pk[prec]:.0f} % of {prec} |")
+                                 f"{g:.1f} | {share} |")
         lines.append("")
     OUTPUT.write_text("\n".join(lines) + "\n")
     print(OUTPUT.read_text())

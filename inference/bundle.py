@@ -7,6 +7,8 @@ Layout inside the zip (paths mirror ``AUTOSEG_RESULTS/<dataset>/`` so installing
     <stage>/<trainer>/fold_K/checkpoint_final.pt   weights, plans, stage only (no optimiser, no RNG)
     <stage>/<trainer>/fold_K/postprocessing.json   when the fold learned rules
     <stage>/<trainer>/compiled/network-*.onnx      with --compiled: the fold ensemble as ONNX (data, no code)
+    <stage>/<trainer>/compiled/network-*.int8.*    with --compiled, where `autoseg quantize` kept one: the int8
+                                                   network and its record (held-out DSC it was accepted on)
 
 Every member is listed in the manifest with its sha256; a member missing, extra, changed, outside the
 bundle's folder, or a checkpoint that ``torch.load(weights_only=True)`` refuses, makes the whole bundle
@@ -49,7 +51,7 @@ CHECKPOINT_KEYS = ("network_weights", "plans", "stage", "trainer_name", "fold", 
 _META = ("plans.json", "dataset.json")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CKPT_RE = re.compile(r"^[a-z]+/[A-Za-z0-9_.-]+/fold_\w+/[A-Za-z0-9_.-]+\.pt$")
-_ONNX_RE = re.compile(r"^[a-z]+/[A-Za-z0-9_.-]+/compiled/network-[0-9a-f]{16}-[0-9x]+\.onnx$")
+_ONNX_RE = re.compile(r"^[a-z]+/[A-Za-z0-9_.-]+/compiled/network-[0-9a-f]{16}-[0-9x]+(\.onnx|\.int8\.onnx|\.int8\.json)$")
 
 
 def _sha256(data: bytes) -> str:
@@ -65,11 +67,12 @@ def _slim_checkpoint(path: Path) -> tuple[bytes, dict]:
     return buf.getvalue(), slim
 
 
-def _compiled_member(stage: str, paths: Sequence[Path], ds_dir: Path) -> tuple[str, bytes]:
+def _compiled_members(stage: str, paths: Sequence[Path], ds_dir: Path) -> dict[str, bytes]:
     """The stage's fold ensemble exported as ONNX for one window (batch 1, the plans' patch), named as
     the predictor's onnxruntime/openvino engines look for it (inference/compiled.py): they load it
-    instead of exporting on the user's machine."""
-    from autoseg.inference.compiled import _missing_modules, export_onnx, network_digest, onnx_name
+    instead of exporting on the user's machine. An int8 network `autoseg quantize` kept for these weights
+    goes with it (and its record: the held-out DSC it was accepted on)."""
+    from autoseg.inference.compiled import _missing_modules, export_onnx, find_int8, int8_paths, network_digest, onnx_name
     from autoseg.inference.models import load_stage_model
     from autoseg.plans import stage_in_channels
 
@@ -78,9 +81,18 @@ def _compiled_member(stage: str, paths: Sequence[Path], ds_dir: Path) -> tuple[s
         raise AutosegError(f"--compiled: {why}")
     sm = load_stage_model(stage, paths, torch.device("cpu"))
     shape = [1, stage_in_channels(sm.plans, stage), *sm.patch_size]
-    rel = f"{paths[0].relative_to(ds_dir).parent.parent.as_posix()}/compiled/{onnx_name(network_digest(sm.network), shape)}"
+    digest = network_digest(sm.network)
+    folder = paths[0].relative_to(ds_dir).parent.parent.as_posix() + "/compiled"
     with tempfile.TemporaryDirectory(prefix="autoseg-onnx-") as tmp:
-        return rel, export_onnx(sm.network, torch.zeros(shape), Path(tmp) / "network.onnx").read_bytes()
+        out = {f"{folder}/{onnx_name(digest, shape)}":
+               export_onnx(sm.network, torch.zeros(shape), Path(tmp) / "network.onnx").read_bytes()}
+    try:
+        model = find_int8(digest, shape, [paths[0].parent.parent / "compiled"])
+    except AutosegError:  # none kept for these weights (or a stale one): nothing to carry
+        return out
+    for f in int8_paths(model.parent, digest, shape):
+        out[f"{folder}/{f.name}"] = f.read_bytes()
+    return out
 
 
 def _dataset_json(name: str, plans: dict) -> dict:
@@ -115,8 +127,7 @@ def export_bundle(task: str | int, output: str | os.PathLike, trainer: str = "Tr
                 plans = slim["plans"]
         stages[stage] = entry
         if compiled:
-            member, data = _compiled_member(stage, paths, ds_dir)
-            members[member] = data
+            members.update(_compiled_members(stage, paths, ds_dir))
     members["plans.json"] = json.dumps(plans, indent=2).encode()
     members["dataset.json"] = json.dumps(_dataset_json(ds_dir.name, plans), indent=2).encode()
     manifest = {

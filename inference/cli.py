@@ -35,7 +35,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default=None, metavar="auto|eager|NAME[,NAME]",
                         help="CPU network engine: auto = the fastest installed one that agrees with eager "
                              "(onnxruntime, openvino, channels_last; openvino_bf16 under bf16), measured once "
-                             "per model and cached; eager = PyTorch; compile only by name "
+                             "per model and cached; eager = PyTorch; compile and openvino_int8 (after "
+                             "autoseg quantize) only by name "
                              "(default: $AUTOSEG_ENGINE or auto)")
     parser.add_argument("--step-size", type=float, default=None,
                         help="sliding-window step as a fraction of the patch (default: each stage's plans' "

@@ -13,21 +13,28 @@ Other input shapes (a whole-volume roi pass, a short last batch) run eager.
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
 import json
 import logging
 import os
 import platform
-import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from autoseg import AutosegError
-from autoseg.utils import atomic_path, load_json, save_json
+# the engines live in engines.py; their names stay importable from here
+from autoseg.inference.engines import (ENGINES, ChannelsLastEngine, CompileEngine, Engine, OnnxRuntimeEngine,
+                                       OpenVinoBf16Engine, OpenVinoEngine, OpenVinoInt8Engine, Runner,
+                                       _missing_modules, export_onnx, int8_paths, int8_precision_hint, onnx_name)
+
+__all__ = ["ENGINES", "ChannelsLastEngine", "CompileEngine", "Engine", "EngineNetwork", "OnnxRuntimeEngine",
+           "OpenVinoBf16Engine", "OpenVinoEngine", "OpenVinoInt8Engine", "Runner", "apply_engines", "choose_engine",
+           "describe", "export_onnx", "find_int8", "int8_paths", "int8_precision_hint", "network_digest",
+           "onnx_name", "parse_engine_choice", "register_engine", "_missing_modules"]
+from autoseg.utils import load_json, save_json
 
 log = logging.getLogger(__name__)
 
@@ -38,157 +45,9 @@ MIN_WINDOW_S = 0.05  # eager windows faster than this are kept eager: no engine 
 # does: two bf16 implementations round differently, so on near-tied voxels each flips its own few
 # (OpenVINO bf16 98.541 % vs eager bf16 98.547 % on a random-weight U-Net, RESULTS_compiled.md).
 BF16_FLIP_SLACK = 1.1
-ONNX_OPSET = 17
-Runner = Callable[[torch.Tensor], torch.Tensor]
-
-
-class Engine(ABC):
-    """One way to run a network on the CPU; subclasses say if they are installed and how they build."""
-
-    name = ""
-    persistent = False  # True: its artefact (an .onnx file) can be cached on disk and carried by a bundle
-    in_auto = True  # a candidate of --engine auto (else only when named)
-    bf16 = False  # computes in bf16: a candidate only where the run accepts bf16 (CPU bf16 autocast)
-
-    def missing(self) -> str | None:
-        """Why this engine cannot run here (a package not installed), or None."""
-        return None
-
-    @abstractmethod
-    def build(self, network: torch.nn.Module, example: torch.Tensor, onnx_path: Path | None) -> Runner:
-        """The runner for windows of ``example``'s shape (``onnx_path``: the export, for persistent engines)."""
-
-
-def export_onnx(network: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """The network's inference forward traced at ``example``'s shape into an ONNX file (written
-    atomically; reused when it exists: its name carries the network's digest)."""
-    if path.is_file():
-        return path
-    import warnings
-
-    with atomic_path(path, ".onnx") as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and instance-norm notes
-        torch.onnx.export(network, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["x"], output_names=["logits"])
-    return path
-
-
-class ChannelsLastEngine(Engine):
-    """Eager PyTorch with channels-last (NDHWC) weights and inputs: oneDNN's blocked 3D convolutions
-    without the layout reorders around each call; nothing to export, any input shape."""
-
-    name = "channels_last"
-
-    def build(self, network: torch.nn.Module, example: torch.Tensor, onnx_path: Path | None) -> Runner:
-        import copy
-
-        net = copy.deepcopy(network).to(memory_format=torch.channels_last_3d)
-        return lambda x: net(x.contiguous(memory_format=torch.channels_last_3d))
-
-
-class CompileEngine(Engine):
-    """``torch.compile`` with inductor (fused conv + norm + activation, frozen weights); needs a C compiler.
-    Not an ``auto`` candidate: nothing of it can be cached or carried, so every run pays its compile
-    (over a minute per stage on 2 cores, benchmarks/RESULTS_compiled.md); ``--engine compile`` asks for it."""
-
-    name = "compile"
-    in_auto = False
-
-    def missing(self) -> str | None:
-        return None if (shutil.which("gcc") or shutil.which("cc")) else "no C compiler (gcc) for inductor"
-
-    def build(self, network: torch.nn.Module, example: torch.Tensor, onnx_path: Path | None) -> Runner:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True
-        fn = torch.compile(network, backend="inductor", dynamic=False)
-        with torch.inference_mode():
-            fn(example)  # compiles now, not in the first window
-        return fn
-
-
-def _missing_modules(*names: str) -> str | None:
-    """'X not installed ...' for the first of ``names`` that does not import (the export needs onnx)."""
-    import importlib.util
-
-    for n in names:
-        if importlib.util.find_spec(n) is None:
-            return f"{n} not installed (pip install 'autoseg[engines]')"
-    return None
-
-
-class OnnxRuntimeEngine(Engine):
-    """ONNX Runtime, CPU execution provider, every graph optimisation."""
-
-    name = "onnxruntime"
-    persistent = True
-
-    def missing(self) -> str | None:
-        return _missing_modules("onnxruntime", "onnx")
-
-    def build(self, network: torch.nn.Module, example: torch.Tensor, onnx_path: Path | None) -> Runner:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {name: x.detach().contiguous().numpy()})[0])
-        return run
-
-
-class OpenVinoEngine(Engine):
-    """OpenVINO's CPU plugin on the ONNX export, fp32 precision hint (no silent bf16), latency mode."""
-
-    name = "openvino"
-    persistent = True
-    precision_hint = "f32"
-
-    def missing(self) -> str | None:
-        return _missing_modules("openvino", "onnx")
-
-    def build(self, network: torch.nn.Module, example: torch.Tensor, onnx_path: Path | None) -> Runner:
-        import openvino as ov
-
-        core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", {
-            "INFERENCE_PRECISION_HINT": self.precision_hint, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-        request = compiled.create_infer_request()
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            request.infer({0: x.detach().contiguous().numpy()})
-            return torch.from_numpy(request.get_output_tensor(0).data.copy())
-        return run
-
-
-class OpenVinoBf16Engine(OpenVinoEngine):
-    """OpenVINO with the bf16 precision hint, on CPUs with native bf16 (AVX512-BF16/AMX) only, and only
-    where the run already accepts bf16 (``--precision auto`` there, or ``bf16``): 1.5x OpenVINO fp32 on
-    the EPYC (AVX512-BF16) measured in benchmarks/RESULTS_compiled.md."""
-
-    name = "openvino_bf16"
-    precision_hint = "bf16"
-    bf16 = True
-
-    def missing(self) -> str | None:
-        from autoseg.devices import cpu_bf16_supported
-
-        why = super().missing() or (None if cpu_bf16_supported() else "CPU lacks native bf16 (AVX512-BF16/AMX)")
-        if why:
-            return why
-        import openvino as ov
-
-        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        return None if "BF16" in caps else f"OpenVINO's CPU plugin lacks BF16 (capabilities: {', '.join(caps)})"
-
-
-ENGINES: dict[str, Engine] = {e.name: e for e in (OnnxRuntimeEngine(), OpenVinoEngine(), OpenVinoBf16Engine(),
-                                                   ChannelsLastEngine(), CompileEngine())}
+# int8 is judged by held-out DSC when `autoseg quantize` writes it; on the random probe it only has to be
+# a segmentation of the same kind (a broken runtime agrees on far less)
+INT8_MIN_AGREEMENT = 0.5
 
 
 def register_engine(engine: Engine) -> Engine:
@@ -305,10 +164,6 @@ def median_time(fn: Runner, x: torch.Tensor, repeats: int) -> float:
 
 
 # ------------------------------------------------------------------ choosing
-def onnx_name(digest: str, shape: Sequence[int]) -> str:
-    """File name of a network's ONNX export for one input shape (the digest keeps a stale file unused)."""
-    return f"network-{digest[:16]}-{'x'.join(str(int(s)) for s in shape)}.onnx"
-
 
 def _onnx_path(network: torch.nn.Module, digest: str, shape: Sequence[int], example: torch.Tensor,
                artefact_dirs: Sequence[Path]) -> Path:
@@ -323,9 +178,36 @@ def _onnx_path(network: torch.nn.Module, digest: str, shape: Sequence[int], exam
     return export_onnx(network, example, cache_dir() / name)
 
 
+
+def find_int8(digest: str, shape: Sequence[int], artefact_dirs: Sequence[Path]) -> Path:
+    """The accepted int8 network for these weights and windows, checked against its record."""
+    one = [1, *[int(s) for s in shape[1:]]]
+    for d in artefact_dirs:
+        model, record = int8_paths(d, digest, one)
+        if not model.is_file():
+            continue
+        rec = _read_record_file(record)
+        if rec is None or rec.get("accepted") is not True:
+            raise AutosegError(f"{model}: no accepted quantisation record beside it ({record.name})")
+        if rec.get("sha256") != hashlib.sha256(model.read_bytes()).hexdigest():
+            raise AutosegError(f"{model}: differs from the network its record validated (sha256)")
+        return model
+    raise AutosegError("no int8 network for these weights: run `autoseg quantize` for this model first")
+
+
+def _read_record_file(path: Path) -> dict | None:
+    try:
+        rec = load_json(path) if path.is_file() else None
+    except (AutosegError, OSError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def _build(name: str, network: torch.nn.Module, example: torch.Tensor, digest: str,
            artefact_dirs: Sequence[Path]) -> Runner:
     engine = ENGINES[name]
+    if engine.int8:
+        return engine.build(network, example, find_int8(digest, example.shape, artefact_dirs))
     onnx = _onnx_path(network, digest, example.shape, example, artefact_dirs) if engine.persistent else None
     return engine.build(network, example, onnx)
 
@@ -372,6 +254,8 @@ def _floor(name: str, bf16_agreement: float | None) -> float:
     """The agreement with eager fp32 an engine needs: ``MIN_AGREEMENT``; a bf16 engine (offered only where
     the run already computes in bf16) needs what eager bf16 itself reaches on the probe, within
     ``BF16_FLIP_SLACK`` times its flipped voxels, if that is less."""
+    if ENGINES[name].int8:
+        return INT8_MIN_AGREEMENT
     if ENGINES[name].bf16 and bf16_agreement is not None:
         return min(MIN_AGREEMENT, 1.0 - BF16_FLIP_SLACK * (1.0 - bf16_agreement))
     return MIN_AGREEMENT
@@ -413,11 +297,8 @@ def _measure(names: list[str], baseline: Runner, network: torch.nn.Module, x: to
 
 
 def _read_record(path: Path) -> dict | None:
-    try:
-        rec = load_json(path) if path.is_file() else None
-    except (AutosegError, OSError):
-        return None
-    return rec if isinstance(rec, dict) and isinstance(rec.get("engine"), str) else None
+    rec = _read_record_file(path)
+    return rec if rec is not None and isinstance(rec.get("engine"), str) else None
 
 
 def _candidates(names: list[str], choice: str, amp: bool) -> list[str]:

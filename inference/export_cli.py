@@ -16,7 +16,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="name it installs under (default: the zip's file name)")
     parser.add_argument("--compiled", action="store_true",
                         help="also carry each stage's network as ONNX (data, sha256-listed) for the CPU engines "
-                             "of run_inference --engine auto|onnxruntime|openvino (needs the onnx package)")
+                             "of run_inference --engine auto|onnxruntime|openvino (needs the onnx package), and the int8 "
+                             "network `autoseg quantize` kept, if any (--engine openvino_int8)")
     parser.add_argument("--results", default=None, help="results root (default: $AUTOSEG_RESULTS)")
 
 
