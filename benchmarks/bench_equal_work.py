@@ -197,9 +197,9 @@ def _supports(flag: str) -> bool:
     return flag in out
 
 
-def run(w: Work, plans: str, cases: list[str], only: list[str] | None) -> None:
+def run(w: Work, plans: str, cases: list[str], only: list[str] | None, key_tag: str = "") -> None:
     state = w.state()
-    key = f"{plans}:{len(cases)}" + (" large" if cases[0].startswith("RealCTLarge") else "")
+    key = f"{plans}:{len(cases)}" + (" large" if cases[0].startswith("RealCTLarge") else "") + (f" {key_tag}" if key_tag else "")
     done = state.setdefault(key, {})
     one, all_ = case_folder(w, "one", cases[:1]), case_folder(w, f"all{len(cases)}", cases)
     for row, cmd in rows(w, plans).items():
@@ -211,7 +211,7 @@ def run(w: Work, plans: str, cases: list[str], only: list[str] | None) -> None:
             w.run(cmd + ["-i", str(one), "-o", str(w.work / "predictions" / "warmup")], env)
         r = {"load_before": os.getloadavg()[0]}
         for tag, inp in (("one", one), ("all", all_)):
-            out = w.work / "predictions" / (plans + ("_large" if key.endswith("large") else "")) / f"{slug}_{tag}"
+            out = w.work / "predictions" / (plans + ("_large" if " large" in key else "")) / f"{slug}_{tag}"
             shutil.rmtree(out, ignore_errors=True)
             r[tag] = w.run(cmd + ["-i", str(inp), "-o", str(out)], env)
         r["load_after"] = os.getloadavg()[0]
@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=5, help="real-sized cases per row (the first N)")
     ap.add_argument("--rows", nargs="*", default=None, help="only these rows")
     ap.add_argument("--large-cases", action="store_true", help="run the 512x512x200 cases (prepare --large N)")
+    ap.add_argument("--tag", default="", help="store the rows under their own key (a repeat of rows already run)")
     ap.add_argument("--retime-one", action="store_true",
                     help="time the one-case command of --rows again (warm caches) and recompute their steady state")
     args = ap.parse_args(argv)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.retime_one:
             retime_one(w, args.plans, names[:args.cases], args.rows)
         else:
-            run(w, args.plans, names[:args.cases], args.rows)
+            run(w, args.plans, names[:args.cases], args.rows, args.tag)
     elif args.what == "roofline":
         from benchmarks.equal_work_report import roofline
 

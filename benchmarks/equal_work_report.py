@@ -158,7 +158,7 @@ def report(w) -> None:
                           "read from the cache; the one-case command was timed again with the cache warm "
                           f"({r['one']:.1f} s), so both commands pay the same start-up. With the cold figure the "
                           "steady state would read far faster than it is."]
-        pred = w.work / "predictions" / (plans + ("_large" if n.endswith("large") else ""))
+        pred = w.work / "predictions" / (plans + ("_large" if " large" in n else ""))
         pairs = [("autoseg fp32 vs nnU-Net fp32", "autoseg_fp32__equal_windows_all", "nnU_Net_fp32__defaults__all"),
                  ("autoseg fp32 engine auto vs nnU-Net fp32", "autoseg_fp32__engine_auto_all",
                   "nnU_Net_fp32__defaults__all"),
@@ -170,11 +170,15 @@ def report(w) -> None:
                   "autoseg_bf16__equal_windows_all"),
                  ("autoseg int8 vs autoseg fp32", "autoseg_int8____engine_openvino_int8__all",
                   "autoseg_fp32__equal_windows_all")]
-        lines += ["", "| labels compared | cases | voxels | agreement | mean DSC |", "|---|---|---|---|---|"]
-        for tag, a, b in pairs:
-            if (pred / a).is_dir() and (pred / b).is_dir():
-                g = agreement(pred / a, pred / b)
-                lines.append(f"| {tag} | {g['cases']} | {g['voxels']:,} | {100 * g['agree']:.3f} % | {g['dsc']:.4f} |")
+        # the prediction folders hold the latest run of each row: compare labels under that run's table only
+        found = [agreement(pred / a, pred / b) | {"tag": t} for t, a, b in pairs if (pred / a).is_dir() and (pred / b).is_dir()]
+        if n.split()[0].isdigit() and len(n.split()) == 1 + ("large" in n) and all(
+                g["cases"] == int(n.split()[0]) for g in found):
+            lines += ["", "| labels compared | cases | voxels | agreement | mean DSC |", "|---|---|---|---|---|"]
+            lines += [f"| {g['tag']} | {g['cases']} | {g['voxels']:,} | {100 * g['agree']:.3f} % | {g['dsc']:.4f} |"
+                      for g in found]
+        else:
+            lines += ["", "(Label agreement: under the run whose predictions the folders now hold.)"]
         lines.append("")
     roof = w.work / "roofline.json"
     if roof.is_file():
@@ -188,8 +192,8 @@ def report(w) -> None:
                   "accumulation and export, so these are lower bounds on the network's own rate.", "",
                   "A row's percentage is of the peak at the precision it computes in (bf16 rows, and the defaults "
                   "where they run bf16, against the bf16 peak).", "",
-                  "| plans | row | GFLOP per window | windows per case | achieved GFLOP/s | % of peak |",
-                  "|---|---|---|---|---|---|"]
+                  "| plans | cases | row | GFLOP per window | windows per case | achieved GFLOP/s | % of peak |",
+                  "|---|---|---|---|---|---|---|"]
         for name, n in r["networks"].items():
             for key, rows in state.items():
                 if not key.startswith(name + ":"):
@@ -198,7 +202,7 @@ def report(w) -> None:
                     g = n["gflop_per_window"] * n["windows_per_case"] / t["steady"]
                     prec = "bf16" if ("bf16" in row or ("autoseg defaults" in row and _native_bf16())) else "fp32"
                     share = ("int8 peak not measured" if "int8" in row else f"{100 * g / pk[prec]:.0f} % of {prec}")
-                    lines.append(f"| {name} | {row} | {n['gflop_per_window']:.1f} | {n['windows_per_case']} | "
+                    lines.append(f"| {name} | {key.split(':', 1)[1]} | {row} | {n['gflop_per_window']:.1f} | {n['windows_per_case']} | "
                                  f"{g:.1f} | {share} |")
         lines.append("")
     OUTPUT.write_text("\n".join(lines) + "\n")
