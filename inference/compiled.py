@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 
 MIN_AGREEMENT = 0.999  # argmax voxels that must agree with eager fp32 on the probe
 MIN_GAIN = 1.05  # an engine must be this much faster than eager to replace it
-MIN_WINDOW_S = 0.05  # eager windows faster than this are kept eager: no engine repays its build time
+# eager windows faster than this are kept eager: no engine repays its build time. 50 ms kept the default CPU
+# plans' 24-32 ms bf16 windows eager, where OpenVINO bf16 made a real-sized CT 1.74x faster end to end,
+# first case included (RESULTS_overlap.md, 2026-12-08); the tiny test networks' 2-9 ms windows stay eager.
+MIN_WINDOW_S = 0.01
 # A bf16 engine may flip at most this many times as many probe voxels (against eager fp32) as eager bf16
 # does: two bf16 implementations round differently, so on near-tied voxels each flips its own few
 # (OpenVINO bf16 98.541 % vs eager bf16 98.547 % on a random-weight U-Net, RESULTS_compiled.md).
