@@ -88,8 +88,11 @@ def report(results: dict, out: Path) -> None:
              f"- **machine**: {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
              f"Python {platform.python_version()}", "- **regenerate**: `benchmarks/bench_int8.py` (its docstring)",
              "", "Time per case: median over the held-out cases, arrays in memory (no file reading or writing), "
-             "after one untimed warm-up case (model loading and the engine choice out). DSC: mean over organs "
-             "and cases against the phantoms' labels. No memory was measured.", ""]
+             "after one untimed warm-up case (model loading and the engine choice out). Precision: fp32 rows "
+             "compute in float32; 'auto precision' is bf16 on a CPU with native bf16 (this one); int8 runs int8 "
+             "convolutions with the other layers in bf16 here. DSC: mean over organs and cases against the "
+             "phantoms' labels. No memory (RSS or PSS) was measured. Rows against int8: see the hand-written "
+             "section at the end.", ""]
     for name, r in results.items():
         q = r["quantize"]
         st = ", ".join(f"{s}: one window {i['window_s_fp32'] * 1e3:.0f} ms fp32 eager vs {i['window_s_int8'] * 1e3:.0f}"

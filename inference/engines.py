@@ -178,9 +178,6 @@ class OpenVinoInt8Engine(OpenVinoEngine):
     def precision_hint(self) -> str:  # type: ignore[override]
         return int8_precision_hint()
 
-    def missing(self) -> str | None:
-        return _missing_modules("openvino", "onnx")
-
     def build(self, network: torch.nn.Module, example: torch.Tensor, onnx_path: Path | None) -> Runner:
         one = super().build(network, example[:1], onnx_path)  # the int8 export holds one window
 

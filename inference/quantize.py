@@ -45,9 +45,13 @@ class WindowSampler(torch.nn.Module):
         for window in x:
             self.seen += 1
             j = len(self.kept) if len(self.kept) < self.size else self._rng.randrange(self.seen)
-            if j < self.size:
-                w = window[None].detach().float().cpu().numpy().copy()
-                self.kept.append(w) if j == len(self.kept) else self.kept.__setitem__(j, w)
+            if j >= self.size:
+                continue
+            w = window[None].detach().float().cpu().numpy().copy()
+            if j == len(self.kept):
+                self.kept.append(w)
+            else:
+                self.kept[j] = w
         return self.network(x)
 
 
